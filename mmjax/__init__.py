@@ -1,0 +1,1 @@
+"""mmjax: multimodal few-shot meta-learning in JAX."""
