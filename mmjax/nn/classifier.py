@@ -1,0 +1,20 @@
+"""Encoder + linear head: the classifier that MAML adapts."""
+from __future__ import annotations
+
+import chex
+import flax.linen as nn
+
+
+class Classifier(nn.Module):
+  """Any encoder followed by a linear head over ``num_classes`` (the episode's ways).
+
+  Parameters are ``{"encoder": ..., "head": ...}`` so that head-only algorithms (ANIL)
+  can split them by name. Call: ``inputs -> [batch, num_classes]`` logits.
+  """
+  encoder: nn.Module
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, inputs: chex.ArrayTree) -> chex.Array:
+    features = self.encoder(inputs)
+    return nn.Dense(self.num_classes, name="head")(features)
