@@ -164,7 +164,8 @@ def make_meta_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformatio
   """Builds ``step(params, opt_state, episodes) -> (params, opt_state, metrics)``.
 
   The whole meta-step (vmap over tasks, inner scan, outer gradient, optimizer update) is
-  one ``jax.jit`` when ``jit`` is true.
+  one ``jax.jit`` when ``jit`` is true; ``params`` and ``opt_state`` are donated (reuse the
+  returned ones).
   """
   _check_settings(inner_lr=inner_lr, num_steps=num_steps)
   settings = MetaStep(loss_fn, optimizer, inner_lr, num_steps, first_order, remat)
