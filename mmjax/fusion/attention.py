@@ -95,7 +95,7 @@ class CrossModalAttention(nn.Module):
       return nn.DenseGeneral((self.num_heads, head_dim), name=name)(tokens)
 
     query, key, value = heads("query"), heads("key"), heads("value")
-    scores = jnp.einsum("bqhc,bkhc->bhqk", query, key) / jnp.sqrt(head_dim).astype(query.dtype)
+    scores = jnp.einsum("bqhc,bkhc->bhqk", query, key) * head_dim**-0.5
     others = ~jnp.eye(num_modalities, dtype=bool)
     key_mask = einops.rearrange(present, "k b -> b 1 1 k") & others  # [batch, 1, q, k]
     weights = common.masked_softmax(scores, key_mask, axis=-1)

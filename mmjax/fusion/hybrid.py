@@ -23,7 +23,8 @@ class HybridFusion(nn.Module):
 
   Attributes:
     num_classes: number of output logits.
-    weighting: ``"mean"`` or ``"learned"``, as in :class:`~mmjax.fusion.late.LateFusion`.
+    weighting: ``"mean"`` or ``"learned"`` (a learned ``[M + 1]`` parameter
+      ``source_logits``), as in :class:`~mmjax.fusion.late.LateFusion`.
 
   Call:
     ``features``: ``M`` arrays ``[batch, D_m]``; ``mask``: ``[M, batch]``. Returns fused
@@ -47,4 +48,11 @@ class HybridFusion(nn.Module):
         + [nn.Dense(self.num_classes, name=f"head_{m}")(x) for m, x in enumerate(features)]
     )
     sources = jnp.concatenate([jnp.any(present, axis=0, keepdims=True), present], axis=0)
-    return late.combine_logits(self, logits, sources, self.weighting)
+    source_logits = None
+    if self.weighting == "learned":
+      source_logits = self.param(
+          "source_logits", nn.initializers.zeros_init(), (len(features) + 1,), logits.dtype
+      )
+    fused, weights = late.combine_logits(logits, sources, source_logits)
+    self.sow("intermediates", "weights", weights)
+    return fused

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import chex
 import flax.linen as nn
@@ -21,33 +21,26 @@ def check_weighting(weighting: str) -> None:
 
 
 def combine_logits(
-    module: nn.Module, logits: chex.Array, present: chex.Array, weighting: str
-) -> jax.Array:
+    logits: chex.Array, present: chex.Array, source_logits: Optional[chex.Array] = None
+) -> tuple[jax.Array, jax.Array]:
   """Combines per-source logits over the source axis, masked sources excluded.
 
-  Sows the ``[S, batch]`` combination weights as ``intermediates/weights`` of ``module``.
-
   Args:
-    module: the calling module (owns the ``modality_logits`` parameter when learned).
     logits: ``[S, batch, num_classes]``, one slice per source.
     present: ``[S, batch]`` bool mask.
-    weighting: ``"mean"`` (masked mean) or ``"learned"`` (softmax of a learned ``[S]``
-      parameter, renormalised over the present sources).
+    source_logits: ``[S]`` learned scores (softmax-weighted, renormalised over the present
+      sources), or ``None`` for the plain masked mean.
 
   Returns:
-    ``[batch, num_classes]``; zeros for a sample with no source present.
+    ``(fused, weights)``: ``[batch, num_classes]`` (zeros for a sample with no source
+    present) and the ``[S, batch]`` weights (zero for masked sources).
   """
-  num_sources, batch = present.shape
-  if weighting == "mean":
-    scores = jnp.zeros((num_sources, batch), logits.dtype)
+  if source_logits is None:
+    scores = jnp.zeros(present.shape, logits.dtype)
   else:
-    source_logits = module.param(
-        "modality_logits", nn.initializers.zeros_init(), (num_sources,), logits.dtype
-    )
-    scores = jnp.broadcast_to(source_logits[:, None], (num_sources, batch))
+    scores = jnp.broadcast_to(source_logits[:, None], present.shape)
   weights = common.masked_softmax(scores, present, axis=0)
-  module.sow("intermediates", "weights", weights)
-  return jnp.einsum("sb,sbc->bc", weights, jnp.where(present[..., None], logits, 0))
+  return jnp.einsum("sb,sbc->bc", weights, logits), weights
 
 
 class LateFusion(nn.Module):
@@ -75,4 +68,11 @@ class LateFusion(nn.Module):
     logits = jnp.stack(
         [nn.Dense(self.num_classes, name=f"head_{m}")(x) for m, x in enumerate(features)]
     )
-    return combine_logits(self, logits, present, self.weighting)
+    source_logits = None
+    if self.weighting == "learned":
+      source_logits = self.param(
+          "modality_logits", nn.initializers.zeros_init(), (len(features),), logits.dtype
+      )
+    fused, weights = combine_logits(logits, present, source_logits)
+    self.sow("intermediates", "weights", weights)
+    return fused

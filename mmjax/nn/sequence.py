@@ -6,7 +6,8 @@ Three light encoders share one interface, ``StrokeEncoder(features, kind)``:
   over time. The convolution is written as strided slices plus one matmul (``im2col``): under
   ``jax.vmap`` over per-task weights (MAML) it becomes a batched matmul, while ``vmap`` of
   ``lax.conv_general_dilated`` with per-task kernels becomes a grouped convolution that
-  XLA:CPU runs slowly. ``conv_impl`` picks the formulation (see :func:`conv1d_im2col`).
+  XLA:CPU runs slowly. ``conv_impl`` picks the formulation as in :mod:`mmjax.nn.conv`
+  (``"auto"``: ``im2col`` on CPU, where it was measured faster in 1-D too, ``lax`` elsewhere).
 * ``"gru"``: ``flax.linen.RNN`` over a ``GRUCell``; the last state.
 * ``"transformer"``: pre-LayerNorm self-attention blocks with learned positional
   embeddings; the mean over time.
@@ -26,21 +27,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.nn.conv import resolve_conv_impl
+
 KINDS = ("conv", "gru", "transformer")
-CONV_IMPLS = ("auto", "im2col", "lax")
-
-
-def resolve_conv_impl(conv_impl: str) -> str:
-  """Maps ``"auto"`` to the 1-D formulation measured fastest: ``im2col`` on CPU.
-
-  Measured on CPU (``vmap`` over 8 tasks with per-task kernels, forward and gradient), the
-  ``im2col`` form is faster; elsewhere ``"auto"`` uses ``lax``.
-  """
-  if conv_impl not in CONV_IMPLS:
-    raise ValueError(f"conv_impl must be one of {CONV_IMPLS}; got {conv_impl!r}.")
-  if conv_impl == "auto":
-    return "im2col" if jax.default_backend() == "cpu" else "lax"
-  return conv_impl
 
 
 def conv1d_output_length(length: int, kernel_size: int, stride: int) -> int:
@@ -84,7 +73,7 @@ def conv1d_lax(x: chex.Array, kernel: chex.Array, *, stride: int = 1) -> jax.Arr
   )
 
 
-def length_mask(lengths: Optional[chex.Array], batch: int, length: int) -> Optional[jax.Array]:
+def length_mask(lengths: Optional[chex.Array], length: int) -> Optional[jax.Array]:
   """``[batch, length]`` bool mask of the valid steps, or ``None`` without ``lengths``."""
   if lengths is None:
     return None
@@ -138,13 +127,13 @@ class ConvSequenceEncoder(nn.Module):
   @nn.compact
   def __call__(self, x: chex.Array, lengths: Optional[chex.Array] = None) -> jax.Array:
     for _ in range(self.num_layers):
-      valid = length_mask(lengths, x.shape[0], x.shape[1])
+      valid = length_mask(lengths, x.shape[1])
       if valid is not None:
         x = jnp.where(valid[..., None], x, 0)
         lengths = (jnp.asarray(lengths) + 1) // 2  # valid outputs of a stride-2, kernel-5 conv
       x = Conv1D(self.features, kernel_size=5, stride=2, conv_impl=self.conv_impl)(x)
       x = nn.relu(nn.LayerNorm()(x))
-    return mean_over_time(x, length_mask(lengths, x.shape[0], x.shape[1]))
+    return mean_over_time(x, length_mask(lengths, x.shape[1]))
 
 
 class GRUSequenceEncoder(nn.Module):
@@ -182,7 +171,7 @@ class TransformerSequenceEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: chex.Array, lengths: Optional[chex.Array] = None) -> jax.Array:
-    batch, length, _ = x.shape
+    length = x.shape[1]
     if length > self.max_length:
       raise ValueError(
           f"x has shape {tuple(x.shape)}: length {length} exceeds max_length="
@@ -192,7 +181,7 @@ class TransformerSequenceEncoder(nn.Module):
         "positions", nn.initializers.normal(0.02), (self.max_length, self.features)
     )
     h = nn.Dense(self.features, name="embed")(x) + positions[:length].astype(x.dtype)
-    valid = length_mask(lengths, batch, length)
+    valid = length_mask(lengths, length)
     attention_mask = None if valid is None else nn.make_attention_mask(valid, valid)
     for layer in range(self.num_layers):
       y = nn.LayerNorm(name=f"attention_norm_{layer}")(h)
@@ -234,31 +223,31 @@ class StrokeEncoder(nn.Module):
       raise ValueError(f"kind must be one of {KINDS}; got {self.kind!r}.")
     shape = tuple(jnp.shape(x))
     if len(shape) != 3 or shape[-1] != 3:
-      raise ValueError(
-          f"x has shape {shape}; expected [batch, length, 3] (dx, dy, pen_lift)."
-      )
+      raise ValueError(f"x has shape {shape}; expected [batch, length, 3] (dx, dy, pen_lift).")
     if lengths is not None and tuple(jnp.shape(lengths)) != shape[:1]:
       raise ValueError(
           f"lengths has shape {tuple(jnp.shape(lengths))}; expected [batch] = ({shape[0]},) "
           f"for x of shape {shape}."
       )
+    if self.num_layers is not None and self.num_layers < 1:
+      raise ValueError(f"num_layers must be None or >= 1; got {self.num_layers}.")
     if self.kind == "transformer" and self.features % self.num_heads:
-      raise ValueError(
-          f"num_heads={self.num_heads} must divide features={self.features}."
-      )
+      raise ValueError(f"num_heads={self.num_heads} must divide features={self.features}.")
     x = jnp.asarray(x)
     if lengths is not None:  # padded steps are zeroed so that even NaN there cannot leak
-      x = jnp.where(length_mask(lengths, shape[0], shape[1])[..., None], x, 0)
+      x = jnp.where(length_mask(lengths, shape[1])[..., None], x, 0)
+    default_layers = {"conv": 3, "gru": 1, "transformer": 1}[self.kind]
+    num_layers = default_layers if self.num_layers is None else self.num_layers
     if self.kind == "conv":
       encoder = ConvSequenceEncoder(
-          self.features, num_layers=self.num_layers or 3, conv_impl=self.conv_impl, name="conv"
+          self.features, num_layers=num_layers, conv_impl=self.conv_impl, name="conv"
       )
     elif self.kind == "gru":
-      encoder = GRUSequenceEncoder(self.features, num_layers=self.num_layers or 1, name="gru")
+      encoder = GRUSequenceEncoder(self.features, num_layers=num_layers, name="gru")
     else:
       encoder = TransformerSequenceEncoder(
           self.features,
-          num_layers=self.num_layers or 1,
+          num_layers=num_layers,
           num_heads=self.num_heads,
           max_length=self.max_length,
           name="transformer",

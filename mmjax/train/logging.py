@@ -60,9 +60,11 @@ def plot_learning_curve(metrics_path: str | os.PathLike, out_path: str | os.Path
                     yerr=[r.get("accuracy_ci95", 0.0) for r in val], fmt="o-", capsize=3,
                     label="validation accuracy (95% CI)")
     ax_loss.plot(steps, [r["loss"] for r in val], "o-", label="validation query loss")
-  ax_loss.set_xlabel("meta-step"), ax_loss.set_ylabel("loss"), ax_loss.legend()
+  ax_loss.set_xlabel("meta-step"), ax_loss.set_ylabel("loss")
   ax_acc.set_xlabel("meta-step"), ax_acc.set_ylabel("accuracy"), ax_acc.set_ylim(0, 1)
-  ax_acc.legend(loc="lower right")
+  if train or val:
+    ax_loss.legend()
+    ax_acc.legend(loc="lower right")
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(out_path, dpi=110)

@@ -199,16 +199,18 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         metrics = jax.device_get(metrics)
         if not metrics["finite"]:
           if config.nan_policy == "stop":
+            kept = (f"The last good checkpoint (step {last_saved}) in {checkpointer.directory} "
+                    "is kept" if last_saved is not None else "No checkpoint had been saved yet")
             raise NonFiniteLossError(
                 f"non-finite meta-loss ({metrics['loss']}) or gradient at step {step}; stopping. "
-                f"The last good checkpoint (step {last_saved}) in {checkpointer.directory} is kept; "
-                "lower optimizer.learning_rate or maml.inner_lr, or set nan_policy='skip'.")
+                f"{kept}; lower optimizer.learning_rate or maml.inner_lr, or set "
+                "nan_policy='skip'.")
           skipped += 1
           tqdm.write(f"step {step}: non-finite meta-loss, update skipped ({skipped} so far)")
-          continue
-        window.append(dict(_scalars(metrics), step_time=time.perf_counter() - t0))
+        else:
+          window.append(dict(_scalars(metrics), step_time=time.perf_counter() - t0))
         bar.update(1)
-        if step % config.log_every == 0 or step == config.num_steps:
+        if window and (step % config.log_every == 0 or step == config.num_steps):
           mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
           mean["tasks_per_second"] = config.meta_batch_size / mean.pop("step_time")
           writer.write(step, "train", mean)

@@ -25,3 +25,17 @@ def test_is_masked_mean_of_early_and_modality_heads(fusion_inputs):
   (weights,) = state["intermediates"]["weights"]
   sources = np.concatenate([np.ones((1, 5), bool), mask])
   np.testing.assert_allclose(weights, sources / sources.sum(0), rtol=1e-6)
+
+
+def test_learned_weighting_starts_as_the_mean(fusion_inputs):
+  features, mask = fusion_inputs.features(), fusion_inputs.MASK
+  mean, learned = HybridFusion(num_classes=4), HybridFusion(num_classes=4, weighting="learned")
+  params = fusion_inputs.random_params(mean, features, mask)
+  learned_params = {"params": {**params["params"], "source_logits": np.zeros(4, np.float32)}}
+  np.testing.assert_allclose(
+      learned.apply(learned_params, features, mask), mean.apply(params, features, mask),
+      rtol=1e-6,
+  )
+  learned_params["params"]["source_logits"] = np.array([9.0, 0, 0, 0], np.float32)
+  out = learned.apply(learned_params, features, mask)
+  assert not np.allclose(out, mean.apply(params, features, mask))

@@ -43,13 +43,17 @@ class StrokeEncoderTest(chex.TestCase):
     x = strokes()
     lengths = jnp.array([LENGTH, 5, 11])
     params = random_params(module, x, lengths)
-    padded = jnp.where(jnp.arange(LENGTH)[None, :, None] < lengths[:, None, None], x, jnp.nan)
+    valid = jnp.arange(LENGTH)[None, :, None] < lengths[:, None, None]
+    padded = jnp.where(valid, x, jnp.nan)
     apply = jax.jit(module.apply)
     out = apply(params, padded, lengths)
     chex.assert_tree_all_finite(out)
-    for b, length in enumerate(np.asarray(lengths)):
-      alone = module.apply(params, x[b : b + 1, :length])
-      np.testing.assert_allclose(out[b], alone[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(apply(params, jnp.where(valid, x, 1e3 * strokes(5)), lengths), out)
+    # Sample 1 encodes like its 5 valid steps alone.
+    alone = apply(params, x[1:2, :5])
+    np.testing.assert_allclose(out[1], alone[0], rtol=1e-5, atol=1e-5)
+    if kind == "transformer":
+      return  # Same input masking as the others; its gradient costs 2-3 s to compile on CPU.
     grad = jax.grad(lambda x: jnp.sum(apply(params, x, lengths)))(padded)
     np.testing.assert_array_equal(grad[1, 5:], 0.0)
     assert np.all(np.isfinite(grad)) and np.any(grad[1, :5] != 0)
@@ -79,11 +83,9 @@ def test_conv_encoder_formulations_agree_under_vmap_over_tasks():
   np.testing.assert_allclose(outs["im2col"], np.stack(loop), atol=1e-5)
 
 
-def test_resolve_conv_impl():
-  assert sequence.resolve_conv_impl("lax") == "lax"
-  assert sequence.resolve_conv_impl("auto") in ("im2col", "lax")
-  with pytest.raises(ValueError, match="conv_impl must be one of"):
-    sequence.resolve_conv_impl("fft")
+def test_unknown_conv_impl():
+  with pytest.raises(ValueError, match="conv_impl"):
+    StrokeEncoder(FEATURES, "conv", conv_impl="fft").init(jax.random.PRNGKey(0), strokes())
 
 
 @pytest.mark.parametrize("shape", [(BATCH, LENGTH), (BATCH, LENGTH, 2), (1, BATCH, LENGTH, 3)])
@@ -102,5 +104,7 @@ def test_bad_arguments():
     StrokeEncoder(FEATURES, "gru").init(jax.random.PRNGKey(0), x, jnp.ones((3, 1), int))
   with pytest.raises(ValueError, match="length 16 exceeds max_length=8"):
     StrokeEncoder(FEATURES, "transformer", max_length=8).init(jax.random.PRNGKey(0), x)
+  with pytest.raises(ValueError, match="num_layers must be None or >= 1; got 0"):
+    StrokeEncoder(FEATURES, "gru", num_layers=0).init(jax.random.PRNGKey(0), x)
   with pytest.raises(ValueError, match="num_heads=3 must divide features=8"):
     StrokeEncoder(FEATURES, "transformer", num_heads=3).init(jax.random.PRNGKey(0), x)
