@@ -1,4 +1,5 @@
 """Command line: ``mmjax train --config NAME [--set key=value ...]`` and ``mmjax evaluate``."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,70 +12,95 @@ from mmjax import configs
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="mmjax", description=__doc__)
-  sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="mmjax", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
 
-  train = sub.add_parser("train", help="meta-train, then evaluate on the meta-test split")
-  train.add_argument("--config", default="quick",
-                     help=f"config name ({', '.join(configs.available_configs())}) or a .py file")
-  train.add_argument("--workdir", default=None,
-                     help="output directory (default: ./workdir/<config>); rerun to resume")
-  train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config field, e.g. --set maml.first_order=True")
-  train.add_argument("--data_dir", default=None,
-                     help="folder holding omniglot/ (default: $MMJAX_DATA_DIR)")
-  train.add_argument("--no_progress", action="store_true", help="hide the progress bar")
-  train.add_argument("--distributed", action="store_true",
-                     help="call jax.distributed.initialize() (multi-host runs)")
+    train = sub.add_parser("train", help="meta-train, then evaluate on the meta-test split")
+    train.add_argument(
+        "--config",
+        default="quick",
+        help=f"config name ({', '.join(configs.available_configs())}) or a .py file",
+    )
+    train.add_argument(
+        "--workdir",
+        default=None,
+        help="output directory (default: ./workdir/<config>); rerun to resume",
+    )
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set maml.first_order=True",
+    )
+    train.add_argument(
+        "--data_dir", default=None, help="folder holding omniglot/ (default: $MMJAX_DATA_DIR)"
+    )
+    train.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    train.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() (multi-host runs)",
+    )
 
-  evaluate = sub.add_parser("evaluate", help="evaluate a trained run's latest checkpoint")
-  evaluate.add_argument("--checkpoint", required=True, help="the run's workdir")
-  evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
-  evaluate.add_argument("--episodes", type=int, default=None, help="default: config.test_episodes")
-  evaluate.add_argument("--data_dir", default=None)
-  evaluate.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="e.g. --set maml.eval_num_inner_steps=10")
-  return parser
+    evaluate = sub.add_parser("evaluate", help="evaluate a trained run's latest checkpoint")
+    evaluate.add_argument("--checkpoint", required=True, help="the run's workdir")
+    evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
+    evaluate.add_argument(
+        "--episodes", type=int, default=None, help="default: config.test_episodes"
+    )
+    evaluate.add_argument("--data_dir", default=None)
+    evaluate.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="e.g. --set maml.eval_num_inner_steps=10",
+    )
+    return parser
 
 
 def _train(args) -> int:
-  from mmjax.meta.parallel import initialize_distributed
-  from mmjax.train.loop import train
+    from mmjax.meta.parallel import initialize_distributed
+    from mmjax.train.loop import train
 
-  initialize_distributed(force=args.distributed)
-  config = configs.get_config(args.config)
-  overrides = list(args.overrides)
-  if args.data_dir:
-    overrides.append(f"data.data_dir={args.data_dir}")
-  config = configs.apply_overrides(config, overrides)
-  name = os.path.splitext(os.path.basename(args.config))[0]
-  workdir = args.workdir or os.path.join("workdir", name)
-  print(f"mmjax train: config {args.config!r}, workdir {workdir}")
-  results = train(config, workdir, progress=not args.no_progress)
-  print(json.dumps(results, indent=2))
-  return 0
+    initialize_distributed(force=args.distributed)
+    config = configs.get_config(args.config)
+    overrides = list(args.overrides)
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    config = configs.apply_overrides(config, overrides)
+    name = os.path.splitext(os.path.basename(args.config))[0]
+    workdir = args.workdir or os.path.join("workdir", name)
+    print(f"mmjax train: config {args.config!r}, workdir {workdir}")
+    results = train(config, workdir, progress=not args.no_progress)
+    print(json.dumps(results, indent=2))
+    return 0
 
 
 def _evaluate(args) -> int:
-  from mmjax.train.restore import evaluate_checkpoint
+    from mmjax.train.restore import evaluate_checkpoint
 
-  overrides = list(args.overrides)
-  if args.data_dir:
-    overrides.append(f"data.data_dir={args.data_dir}")
-  results = evaluate_checkpoint(args.checkpoint, split=args.split, num_episodes=args.episodes,
-                                overrides=overrides)
-  print(json.dumps(results, indent=2))
-  return 0
+    overrides = list(args.overrides)
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    results = evaluate_checkpoint(
+        args.checkpoint, split=args.split, num_episodes=args.episodes, overrides=overrides
+    )
+    print(json.dumps(results, indent=2))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
-  try:
-    return {"train": _train, "evaluate": _evaluate}[args.command](args)
-  except (ValueError, TypeError, FileNotFoundError) as error:
-    print(f"mmjax {args.command}: error: {error}", file=sys.stderr)
-    return 2
+    args = _parser().parse_args(argv)
+    try:
+        return {"train": _train, "evaluate": _evaluate}[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        print(f"mmjax {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+    sys.exit(main())

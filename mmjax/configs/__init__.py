@@ -1,4 +1,5 @@
 """Experiment configs (one ``get_config()`` module per experiment) and ``--set`` overrides."""
+
 from __future__ import annotations
 
 import ast
@@ -13,73 +14,79 @@ import ml_collections
 
 
 def available_configs() -> list[str]:
-  """Names of the configs shipped in ``mmjax/configs``."""
-  return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    """Names of the configs shipped in ``mmjax/configs``."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
 def get_config(name: str) -> ml_collections.ConfigDict:
-  """Loads a shipped config by name, or a ``.py`` file defining ``get_config()``."""
-  if name.endswith(".py") and os.path.exists(name):
-    spec = importlib.util.spec_from_file_location("mmjax_user_config", name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-  names = available_configs()
-  if name not in names:
-    close = difflib.get_close_matches(name, names, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown config {name!r}{hint} Available: {', '.join(names)}")
-  return importlib.import_module(f"mmjax.configs.{name}").get_config()
+    """Loads a shipped config by name, or a ``.py`` file defining ``get_config()``."""
+    if name.endswith(".py") and os.path.exists(name):
+        spec = importlib.util.spec_from_file_location("mmjax_user_config", name)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.get_config()
+    names = available_configs()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown config {name!r}{hint} Available: {', '.join(names)}")
+    return importlib.import_module(f"mmjax.configs.{name}").get_config()
 
 
 def _parse_value(text: str):
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
-  keys = []
-  for key, value in config.items():
-    keys.append(prefix + key)
-    if isinstance(value, ml_collections.ConfigDict):
-      keys.extend(_flat_keys(value, prefix + key + "."))
-  return keys
+    keys = []
+    for key, value in config.items():
+        keys.append(prefix + key)
+        if isinstance(value, ml_collections.ConfigDict):
+            keys.extend(_flat_keys(value, prefix + key + "."))
+    return keys
 
 
-def apply_overrides(config: ml_collections.ConfigDict,
-                    overrides: Sequence[str]) -> ml_collections.ConfigDict:
-  """Applies ``key.sub=value`` strings (values parsed as Python literals).
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: Sequence[str]
+) -> ml_collections.ConfigDict:
+    """Applies ``key.sub=value`` strings (values parsed as Python literals).
 
-  Unknown keys raise ``ValueError`` naming the closest valid key; a value of the wrong type
-  raises ``TypeError`` naming the key and both types.
-  """
-  config = ml_collections.ConfigDict(config.to_dict())
-  valid = _flat_keys(config)
-  for item in overrides:
-    if "=" not in item:
-      raise ValueError(f"--set expects key=value; got {item!r}")
-    key, text = item.split("=", 1)
-    key = key.strip()
-    if key not in valid:
-      close = difflib.get_close_matches(key, valid, n=1)
-      hint = f"; did you mean {close[0]!r}?" if close else ""
-      raise ValueError(f"unknown config key {key!r}{hint}")
-    *parents, leaf = key.split(".")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    old, new = node[leaf], _parse_value(text)
-    if isinstance(old, bool) and not isinstance(new, bool):
-      raise TypeError(f"config key {key!r} expects a bool (True/False); got {text!r}")
-    if isinstance(old, float) and isinstance(new, int) and not isinstance(new, bool):
-      new = float(new)
-    if isinstance(old, str) and not isinstance(new, str):
-      new = text
-    if old is not None and not isinstance(new, type(old)) and not (
-        isinstance(old, tuple) and isinstance(new, (list, tuple))):
-      raise TypeError(f"config key {key!r} expects {type(old).__name__}; got {text!r} "
-                      f"({type(new).__name__})")
-    node[leaf] = tuple(new) if isinstance(old, tuple) else new
-  return config
+    Unknown keys raise ``ValueError`` naming the closest valid key; a value of the wrong type
+    raises ``TypeError`` naming the key and both types.
+    """
+    config = ml_collections.ConfigDict(config.to_dict())
+    valid = _flat_keys(config)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value; got {item!r}")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown config key {key!r}{hint}")
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        old, new = node[leaf], _parse_value(text)
+        if isinstance(old, bool) and not isinstance(new, bool):
+            raise TypeError(f"config key {key!r} expects a bool (True/False); got {text!r}")
+        if isinstance(old, float) and isinstance(new, int) and not isinstance(new, bool):
+            new = float(new)
+        if isinstance(old, str) and not isinstance(new, str):
+            new = text
+        if (
+            old is not None
+            and not isinstance(new, type(old))
+            and not (isinstance(old, tuple) and isinstance(new, (list, tuple)))
+        ):
+            raise TypeError(
+                f"config key {key!r} expects {type(old).__name__}; got {text!r} "
+                f"({type(new).__name__})"
+            )
+        node[leaf] = tuple(new) if isinstance(old, tuple) else new
+    return config

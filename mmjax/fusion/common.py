@@ -27,207 +27,201 @@ import numpy as np
 
 
 def _is_traced(x: chex.Array) -> bool:
-  return isinstance(x, jax.core.Tracer)
+    return isinstance(x, jax.core.Tracer)
 
 
-def validate_features(
-    features: Sequence[chex.Array], mask: chex.Array
-) -> tuple[int, int]:
-  """Checks the static shapes of ``features`` and ``mask``.
+def validate_features(features: Sequence[chex.Array], mask: chex.Array) -> tuple[int, int]:
+    """Checks the static shapes of ``features`` and ``mask``.
 
-  Args:
-    features: sequence of ``M`` arrays, modality ``m`` shaped ``[batch, D_m]``.
-    mask: ``[M, batch]`` presence mask.
+    Args:
+      features: sequence of ``M`` arrays, modality ``m`` shaped ``[batch, D_m]``.
+      mask: ``[M, batch]`` presence mask.
 
-  Returns:
-    ``(M, batch)``.
+    Returns:
+      ``(M, batch)``.
 
-  Raises:
-    ValueError: if ``features`` is not a non-empty sequence of rank-2 arrays with one batch
-      size, or if ``mask`` is not shaped exactly ``(M, batch)``.
-  """
-  if not isinstance(features, (tuple, list)):
-    raise ValueError(
-        "features must be a tuple or list of M arrays shaped [batch, D_m]; got "
-        f"{type(features).__name__}"
-        + (f" with shape {tuple(features.shape)}" if hasattr(features, "shape") else "")
-        + "."
-    )
-  if not features:
-    raise ValueError("features must hold at least one modality; got an empty sequence.")
-  num_modalities = len(features)
-  batch = None
-  for m, x in enumerate(features):
-    shape = tuple(np.shape(x))
-    if len(shape) != 2:
-      raise ValueError(
-          f"features[{m}] has shape {shape}; expected a rank-2 array [batch, D_{m}]."
-      )
-    if batch is None:
-      batch = shape[0]
-    elif shape[0] != batch:
-      raise ValueError(
-          f"features[{m}] has shape {shape}; expected batch size {batch} (that of "
-          f"features[0]), i.e. shape ({batch}, D_{m})."
-      )
-  mask_shape = tuple(np.shape(mask))
-  if mask_shape != (num_modalities, batch):
-    raise ValueError(
-        f"mask has shape {mask_shape}; expected (num_modalities, batch) = "
-        f"({num_modalities}, {batch})."
-    )
-  return num_modalities, batch
+    Raises:
+      ValueError: if ``features`` is not a non-empty sequence of rank-2 arrays with one batch
+        size, or if ``mask`` is not shaped exactly ``(M, batch)``.
+    """
+    if not isinstance(features, (tuple, list)):
+        raise ValueError(
+            "features must be a tuple or list of M arrays shaped [batch, D_m]; got "
+            f"{type(features).__name__}"
+            + (f" with shape {tuple(features.shape)}" if hasattr(features, "shape") else "")
+            + "."
+        )
+    if not features:
+        raise ValueError("features must hold at least one modality; got an empty sequence.")
+    num_modalities = len(features)
+    batch = None
+    for m, x in enumerate(features):
+        shape = tuple(np.shape(x))
+        if len(shape) != 2:
+            raise ValueError(
+                f"features[{m}] has shape {shape}; expected a rank-2 array [batch, D_{m}]."
+            )
+        if batch is None:
+            batch = shape[0]
+        elif shape[0] != batch:
+            raise ValueError(
+                f"features[{m}] has shape {shape}; expected batch size {batch} (that of "
+                f"features[0]), i.e. shape ({batch}, D_{m})."
+            )
+    mask_shape = tuple(np.shape(mask))
+    if mask_shape != (num_modalities, batch):
+        raise ValueError(
+            f"mask has shape {mask_shape}; expected (num_modalities, batch) = "
+            f"({num_modalities}, {batch})."
+        )
+    return num_modalities, batch
 
 
 def check_mask(mask: chex.Array) -> jax.Array:
-  """Checks a presence mask and returns it as booleans.
+    """Checks a presence mask and returns it as booleans.
 
-  For a concrete mask (eager call) this raises if a sample has every modality masked or if a
-  numeric mask holds values other than 0 and 1. For a traced mask (inside ``jit``, ``vmap``,
-  ...) the values are unknown, so only the rank is checked; the fusion modules then return
-  zeros for an all-masked sample instead of raising.
+    For a concrete mask (eager call) this raises if a sample has every modality masked or if a
+    numeric mask holds values other than 0 and 1. For a traced mask (inside ``jit``, ``vmap``,
+    ...) the values are unknown, so only the rank is checked; the fusion modules then return
+    zeros for an all-masked sample instead of raising.
 
-  Args:
-    mask: ``[M, batch]`` bool or 0/1 numbers.
+    Args:
+      mask: ``[M, batch]`` bool or 0/1 numbers.
 
-  Returns:
-    ``[M, batch]`` bool array, ``True`` where the modality is present.
+    Returns:
+      ``[M, batch]`` bool array, ``True`` where the modality is present.
 
-  Raises:
-    ValueError: for a mask that is not rank 2, or (concrete masks only) that holds values
-      other than 0/1 or has a sample with no modality present.
-  """
-  shape = tuple(np.shape(mask))
-  if len(shape) != 2:
-    raise ValueError(f"mask has shape {shape}; expected a rank-2 array [num_modalities, batch].")
-  if not _is_traced(mask):
-    values = np.asarray(mask)
-    if values.dtype != np.bool_:
-      if not np.all((values == 0) | (values == 1)):
+    Raises:
+      ValueError: for a mask that is not rank 2, or (concrete masks only) that holds values
+        other than 0/1 or has a sample with no modality present.
+    """
+    shape = tuple(np.shape(mask))
+    if len(shape) != 2:
         raise ValueError(
-            f"mask of shape {shape} must hold only 0/1 (or booleans); got values "
-            f"{np.unique(values)[:8].tolist()}."
+            f"mask has shape {shape}; expected a rank-2 array [num_modalities, batch]."
         )
-    all_masked = ~np.any(values.astype(bool), axis=0)
-    if np.any(all_masked):
-      raise ValueError(
-          f"mask of shape {shape} has samples with every modality masked: "
-          f"{np.flatnonzero(all_masked).tolist()}; each sample needs at least one modality "
-          "present."
-      )
-  mask = jnp.asarray(mask)
-  return mask if mask.dtype == jnp.bool_ else mask != 0
+    if not _is_traced(mask):
+        values = np.asarray(mask)
+        if values.dtype != np.bool_:
+            if not np.all((values == 0) | (values == 1)):
+                raise ValueError(
+                    f"mask of shape {shape} must hold only 0/1 (or booleans); got values "
+                    f"{np.unique(values)[:8].tolist()}."
+                )
+        all_masked = ~np.any(values.astype(bool), axis=0)
+        if np.any(all_masked):
+            raise ValueError(
+                f"mask of shape {shape} has samples with every modality masked: "
+                f"{np.flatnonzero(all_masked).tolist()}; each sample needs at least one modality "
+                "present."
+            )
+    mask = jnp.asarray(mask)
+    return mask if mask.dtype == jnp.bool_ else mask != 0
 
 
-def mask_features(
-    features: Sequence[chex.Array], present: chex.Array
-) -> list[jax.Array]:
-  """Replaces the features of masked modalities by zeros (gradient-safe).
+def mask_features(features: Sequence[chex.Array], present: chex.Array) -> list[jax.Array]:
+    """Replaces the features of masked modalities by zeros (gradient-safe).
 
-  Uses :func:`jnp.where`, so NaN/inf in masked entries do not propagate and the gradient
-  w.r.t. them is exactly zero.
+    Uses :func:`jnp.where`, so NaN/inf in masked entries do not propagate and the gradient
+    w.r.t. them is exactly zero.
 
-  Args:
-    features: sequence of ``M`` arrays ``[batch, D_m]``.
-    present: ``[M, batch]`` bool mask.
+    Args:
+      features: sequence of ``M`` arrays ``[batch, D_m]``.
+      present: ``[M, batch]`` bool mask.
 
-  Returns:
-    List of ``M`` arrays ``[batch, D_m]``, zero where the modality is masked.
-  """
-  return [
-      jnp.where(present[m][:, None], jnp.asarray(x), 0) for m, x in enumerate(features)
-  ]
+    Returns:
+      List of ``M`` arrays ``[batch, D_m]``, zero where the modality is masked.
+    """
+    return [jnp.where(present[m][:, None], jnp.asarray(x), 0) for m, x in enumerate(features)]
 
 
-def prepare(
-    features: Sequence[chex.Array], mask: chex.Array
-) -> tuple[list[jax.Array], jax.Array]:
-  """Validates the inputs of a fusion module and masks its features.
+def prepare(features: Sequence[chex.Array], mask: chex.Array) -> tuple[list[jax.Array], jax.Array]:
+    """Validates the inputs of a fusion module and masks its features.
 
-  Args:
-    features: sequence of ``M`` arrays ``[batch, D_m]``.
-    mask: ``[M, batch]`` bool or 0/1.
+    Args:
+      features: sequence of ``M`` arrays ``[batch, D_m]``.
+      mask: ``[M, batch]`` bool or 0/1.
 
-  Returns:
-    ``(masked_features, present)``: the ``M`` arrays with masked rows set to zero, and the
-    ``[M, batch]`` bool mask.
-  """
-  validate_features(features, mask)
-  present = check_mask(mask)
-  return mask_features(features, present), present
+    Returns:
+      ``(masked_features, present)``: the ``M`` arrays with masked rows set to zero, and the
+      ``[M, batch]`` bool mask.
+    """
+    validate_features(features, mask)
+    present = check_mask(mask)
+    return mask_features(features, present), present
 
 
 def masked_mean(values: chex.Array, mask: chex.Array, axis: int = 0) -> jax.Array:
-  """Mean of ``values`` over ``axis`` counting only entries where ``mask`` is set.
+    """Mean of ``values`` over ``axis`` counting only entries where ``mask`` is set.
 
-  Args:
-    values: e.g. ``[M, batch, ...]``.
-    mask: bool or 0/1, broadcastable to ``values`` (e.g. ``[M, batch, 1]``).
-    axis: the reduced axis (default: the modality axis 0).
+    Args:
+      values: e.g. ``[M, batch, ...]``.
+      mask: bool or 0/1, broadcastable to ``values`` (e.g. ``[M, batch, 1]``).
+      axis: the reduced axis (default: the modality axis 0).
 
-  Returns:
-    ``values`` reduced over ``axis``; zeros where no entry is set (never NaN). Masked entries
-    receive exactly zero gradient, even when they hold NaN or inf.
-  """
-  mask = jnp.broadcast_to(jnp.asarray(mask).astype(bool), jnp.shape(values))
-  total = jnp.sum(jnp.where(mask, values, 0), axis=axis)
-  count = jnp.sum(mask, axis=axis)
-  return total / jnp.maximum(count, 1).astype(total.dtype)
+    Returns:
+      ``values`` reduced over ``axis``; zeros where no entry is set (never NaN). Masked entries
+      receive exactly zero gradient, even when they hold NaN or inf.
+    """
+    mask = jnp.broadcast_to(jnp.asarray(mask).astype(bool), jnp.shape(values))
+    total = jnp.sum(jnp.where(mask, values, 0), axis=axis)
+    count = jnp.sum(mask, axis=axis)
+    return total / jnp.maximum(count, 1).astype(total.dtype)
 
 
 def masked_softmax(logits: chex.Array, mask: chex.Array, axis: int = 0) -> jax.Array:
-  """Softmax over ``axis`` restricted to the entries where ``mask`` is set.
+    """Softmax over ``axis`` restricted to the entries where ``mask`` is set.
 
-  Masked entries get exactly zero weight (and zero gradient, even if they hold NaN or inf);
-  present entries sum to one. A slice with every entry masked gets all-zero weights, not NaN.
+    Masked entries get exactly zero weight (and zero gradient, even if they hold NaN or inf);
+    present entries sum to one. A slice with every entry masked gets all-zero weights, not NaN.
 
-  Args:
-    logits: e.g. ``[M, batch]`` or ``[M, batch, d]``.
-    mask: bool or 0/1, broadcastable to ``logits``.
-    axis: the normalised axis (default: the modality axis 0).
+    Args:
+      logits: e.g. ``[M, batch]`` or ``[M, batch, d]``.
+      mask: bool or 0/1, broadcastable to ``logits``.
+      axis: the normalised axis (default: the modality axis 0).
 
-  Returns:
-    Weights shaped like ``logits``.
-  """
-  logits = jnp.asarray(logits)
-  mask = jnp.broadcast_to(jnp.asarray(mask).astype(bool), logits.shape)
-  shift = jnp.max(jnp.where(mask, logits, -jnp.inf), axis=axis, keepdims=True)
-  shift = jax.lax.stop_gradient(jnp.where(jnp.isfinite(shift), shift, 0))
-  exp = jnp.where(mask, jnp.exp(jnp.where(mask, logits - shift, 0)), 0)
-  total = jnp.sum(exp, axis=axis, keepdims=True)
-  return exp / jnp.where(total > 0, total, 1)
+    Returns:
+      Weights shaped like ``logits``.
+    """
+    logits = jnp.asarray(logits)
+    mask = jnp.broadcast_to(jnp.asarray(mask).astype(bool), logits.shape)
+    shift = jnp.max(jnp.where(mask, logits, -jnp.inf), axis=axis, keepdims=True)
+    shift = jax.lax.stop_gradient(jnp.where(jnp.isfinite(shift), shift, 0))
+    exp = jnp.where(mask, jnp.exp(jnp.where(mask, logits - shift, 0)), 0)
+    total = jnp.sum(exp, axis=axis, keepdims=True)
+    return exp / jnp.where(total > 0, total, 1)
 
 
 def zero_all_masked(outputs: chex.Array, present: chex.Array) -> jax.Array:
-  """Sets the output rows of samples with no modality present to zero.
+    """Sets the output rows of samples with no modality present to zero.
 
-  Args:
-    outputs: ``[batch, ...]``.
-    present: ``[M, batch]`` bool mask.
+    Args:
+      outputs: ``[batch, ...]``.
+      present: ``[M, batch]`` bool mask.
 
-  Returns:
-    ``outputs`` with the rows of all-masked samples replaced by zeros.
-  """
-  any_present = jnp.any(present, axis=0)
-  any_present = any_present.reshape(any_present.shape + (1,) * (outputs.ndim - 1))
-  return jnp.where(any_present, outputs, 0)
+    Returns:
+      ``outputs`` with the rows of all-masked samples replaced by zeros.
+    """
+    any_present = jnp.any(present, axis=0)
+    any_present = any_present.reshape(any_present.shape + (1,) * (outputs.ndim - 1))
+    return jnp.where(any_present, outputs, 0)
 
 
 def concat_masked(
     features: Sequence[chex.Array], present: chex.Array, indicators: bool = True
 ) -> jax.Array:
-  """Concatenates already-masked features, optionally with the mask as indicator features.
+    """Concatenates already-masked features, optionally with the mask as indicator features.
 
-  Args:
-    features: ``M`` arrays ``[batch, D_m]`` (masked rows already zero).
-    present: ``[M, batch]`` bool mask.
-    indicators: append the mask as ``M`` float features.
+    Args:
+      features: ``M`` arrays ``[batch, D_m]`` (masked rows already zero).
+      present: ``[M, batch]`` bool mask.
+      indicators: append the mask as ``M`` float features.
 
-  Returns:
-    ``[batch, sum_m D_m (+ M)]``.
-  """
-  parts = list(features)
-  if indicators:
-    dtype = jnp.result_type(*features)
-    parts.append(einops.rearrange(present, "m b -> b m").astype(dtype))
-  return jnp.concatenate(parts, axis=-1)
+    Returns:
+      ``[batch, sum_m D_m (+ M)]``.
+    """
+    parts = list(features)
+    if indicators:
+        dtype = jnp.result_type(*features)
+        parts.append(einops.rearrange(present, "m b -> b m").astype(dtype))
+    return jnp.concatenate(parts, axis=-1)

@@ -12,29 +12,29 @@ from mmjax.fusion import common
 
 
 class ConcatFusion(nn.Module):
-  """Concatenates the modality features, masked ones replaced by zeros, plus the mask.
+    """Concatenates the modality features, masked ones replaced by zeros, plus the mask.
 
-  The mask is appended as ``M`` indicator features (1.0 present, 0.0 masked), so a following
-  layer can tell a missing modality from one whose features happen to be zero. Modality
-  dimensions may differ.
+    The mask is appended as ``M`` indicator features (1.0 present, 0.0 masked), so a following
+    layer can tell a missing modality from one whose features happen to be zero. Modality
+    dimensions may differ.
 
-  Attributes:
-    features_out: if set, a Dense layer projects the concatenation to this width; if
-      ``None`` the concatenation itself is returned.
+    Attributes:
+      features_out: if set, a Dense layer projects the concatenation to this width; if
+        ``None`` the concatenation itself is returned.
 
-  Call:
-    ``features``: ``M`` arrays ``[batch, D_m]``; ``mask``: ``[M, batch]`` bool or 0/1.
-    Returns ``[batch, features_out]``, or ``[batch, sum_m D_m + M]`` without projection.
-    A sample with every modality masked raises in eager calls (see
-    :func:`mmjax.fusion.common.check_mask`) and gives a row of zeros when traced.
-  """
+    Call:
+      ``features``: ``M`` arrays ``[batch, D_m]``; ``mask``: ``[M, batch]`` bool or 0/1.
+      Returns ``[batch, features_out]``, or ``[batch, sum_m D_m + M]`` without projection.
+      A sample with every modality masked raises in eager calls (see
+      :func:`mmjax.fusion.common.check_mask`) and gives a row of zeros when traced.
+    """
 
-  features_out: Optional[int] = None
+    features_out: Optional[int] = None
 
-  @nn.compact
-  def __call__(self, features: Sequence[chex.Array], mask: chex.Array) -> jax.Array:
-    features, present = common.prepare(features, mask)
-    fused = common.concat_masked(features, present, indicators=True)
-    if self.features_out is not None:
-      fused = nn.Dense(self.features_out, name="project")(fused)
-    return common.zero_all_masked(fused, present)
+    @nn.compact
+    def __call__(self, features: Sequence[chex.Array], mask: chex.Array) -> jax.Array:
+        features, present = common.prepare(features, mask)
+        fused = common.concat_masked(features, present, indicators=True)
+        if self.features_out is not None:
+            fused = nn.Dense(self.features_out, name="project")(fused)
+        return common.zero_all_masked(fused, present)

@@ -15,64 +15,64 @@ WEIGHTINGS = ("mean", "learned")
 
 
 def check_weighting(weighting: str) -> None:
-  """Raises ``ValueError`` unless ``weighting`` is one of :data:`WEIGHTINGS`."""
-  if weighting not in WEIGHTINGS:
-    raise ValueError(f"weighting must be one of {WEIGHTINGS}; got {weighting!r}.")
+    """Raises ``ValueError`` unless ``weighting`` is one of :data:`WEIGHTINGS`."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}; got {weighting!r}.")
 
 
 def combine_logits(
     logits: chex.Array, present: chex.Array, source_logits: Optional[chex.Array] = None
 ) -> tuple[jax.Array, jax.Array]:
-  """Combines per-source logits over the source axis, masked sources excluded.
+    """Combines per-source logits over the source axis, masked sources excluded.
 
-  Args:
-    logits: ``[S, batch, num_classes]``, one slice per source.
-    present: ``[S, batch]`` bool mask.
-    source_logits: ``[S]`` learned scores (softmax-weighted, renormalised over the present
-      sources), or ``None`` for the plain masked mean.
+    Args:
+      logits: ``[S, batch, num_classes]``, one slice per source.
+      present: ``[S, batch]`` bool mask.
+      source_logits: ``[S]`` learned scores (softmax-weighted, renormalised over the present
+        sources), or ``None`` for the plain masked mean.
 
-  Returns:
-    ``(fused, weights)``: ``[batch, num_classes]`` (zeros for a sample with no source
-    present) and the ``[S, batch]`` weights (zero for masked sources).
-  """
-  if source_logits is None:
-    scores = jnp.zeros(present.shape, logits.dtype)
-  else:
-    scores = jnp.broadcast_to(source_logits[:, None], present.shape)
-  weights = common.masked_softmax(scores, present, axis=0)
-  return jnp.einsum("sb,sbc->bc", weights, logits), weights
+    Returns:
+      ``(fused, weights)``: ``[batch, num_classes]`` (zeros for a sample with no source
+      present) and the ``[S, batch]`` weights (zero for masked sources).
+    """
+    if source_logits is None:
+        scores = jnp.zeros(present.shape, logits.dtype)
+    else:
+        scores = jnp.broadcast_to(source_logits[:, None], present.shape)
+    weights = common.masked_softmax(scores, present, axis=0)
+    return jnp.einsum("sb,sbc->bc", weights, logits), weights
 
 
 class LateFusion(nn.Module):
-  """Per-modality Dense heads whose logits are averaged over the present modalities.
+    """Per-modality Dense heads whose logits are averaged over the present modalities.
 
-  Attributes:
-    num_classes: number of output logits.
-    weighting: ``"mean"`` (plain masked mean) or ``"learned"`` (softmax of one learned score
-      per modality, initialised equal, renormalised over the present modalities).
+    Attributes:
+      num_classes: number of output logits.
+      weighting: ``"mean"`` (plain masked mean) or ``"learned"`` (softmax of one learned score
+        per modality, initialised equal, renormalised over the present modalities).
 
-  Call:
-    ``features``: ``M`` arrays ``[batch, D_m]`` (dimensions may differ); ``mask``:
-    ``[M, batch]``. Returns fused logits ``[batch, num_classes]``. Sows the ``[M, batch]``
-    modality weights (zero for masked ones) as ``intermediates/weights``. An all-masked
-    sample raises in eager calls and gives zero logits when traced.
-  """
+    Call:
+      ``features``: ``M`` arrays ``[batch, D_m]`` (dimensions may differ); ``mask``:
+      ``[M, batch]``. Returns fused logits ``[batch, num_classes]``. Sows the ``[M, batch]``
+      modality weights (zero for masked ones) as ``intermediates/weights``. An all-masked
+      sample raises in eager calls and gives zero logits when traced.
+    """
 
-  num_classes: int
-  weighting: str = "mean"
+    num_classes: int
+    weighting: str = "mean"
 
-  @nn.compact
-  def __call__(self, features: Sequence[chex.Array], mask: chex.Array) -> jax.Array:
-    check_weighting(self.weighting)
-    features, present = common.prepare(features, mask)
-    logits = jnp.stack(
-        [nn.Dense(self.num_classes, name=f"head_{m}")(x) for m, x in enumerate(features)]
-    )
-    source_logits = None
-    if self.weighting == "learned":
-      source_logits = self.param(
-          "modality_logits", nn.initializers.zeros_init(), (len(features),), logits.dtype
-      )
-    fused, weights = combine_logits(logits, present, source_logits)
-    self.sow("intermediates", "weights", weights)
-    return fused
+    @nn.compact
+    def __call__(self, features: Sequence[chex.Array], mask: chex.Array) -> jax.Array:
+        check_weighting(self.weighting)
+        features, present = common.prepare(features, mask)
+        logits = jnp.stack(
+            [nn.Dense(self.num_classes, name=f"head_{m}")(x) for m, x in enumerate(features)]
+        )
+        source_logits = None
+        if self.weighting == "learned":
+            source_logits = self.param(
+                "modality_logits", nn.initializers.zeros_init(), (len(features),), logits.dtype
+            )
+        fused, weights = combine_logits(logits, present, source_logits)
+        self.sow("intermediates", "weights", weights)
+        return fused

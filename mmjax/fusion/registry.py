@@ -29,22 +29,22 @@ FUSION_METHODS: dict[str, type[nn.Module]] = {
 
 
 def make_fusion(name: str, **kwargs: Any) -> nn.Module:
-  """Builds the fusion module registered as ``name`` with constructor ``kwargs``.
+    """Builds the fusion module registered as ``name`` with constructor ``kwargs``.
 
-  Args:
-    name: a key of :data:`FUSION_METHODS`.
-    **kwargs: the module's attributes, e.g. ``features_out=64`` or ``num_classes=5``.
+    Args:
+      name: a key of :data:`FUSION_METHODS`.
+      **kwargs: the module's attributes, e.g. ``features_out=64`` or ``num_classes=5``.
 
-  Returns:
-    The (unbound) Flax module.
+    Returns:
+      The (unbound) Flax module.
 
-  Raises:
-    ValueError: for an unknown name; the message lists the valid names and the closest one.
-  """
-  if name not in FUSION_METHODS:
-    close = difflib.get_close_matches(name, FUSION_METHODS, n=1, cutoff=0.0)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(
-        f"Unknown fusion method {name!r}.{hint} Valid names: {sorted(FUSION_METHODS)}."
-    )
-  return FUSION_METHODS[name](**kwargs)
+    Raises:
+      ValueError: for an unknown name; the message lists the valid names and the closest one.
+    """
+    if name not in FUSION_METHODS:
+        close = difflib.get_close_matches(name, FUSION_METHODS, n=1, cutoff=0.0)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"Unknown fusion method {name!r}.{hint} Valid names: {sorted(FUSION_METHODS)}."
+        )
+    return FUSION_METHODS[name](**kwargs)

@@ -10,6 +10,7 @@ A *loss function* here is ``loss_fn(params, inputs, labels) -> (loss, metrics)``
 scalar ``loss`` and a dict of scalar ``metrics``; ``classification_loss(apply_fn)``
 builds one from a Flax ``apply``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -27,160 +28,212 @@ LossFn = Callable[[Params, chex.ArrayTree, chex.Array], tuple[chex.Array, dict]]
 
 
 def classification_loss(apply_fn: Callable[[Params, chex.ArrayTree], chex.Array]) -> LossFn:
-  """Softmax cross-entropy loss with accuracy, from ``apply_fn(params, inputs) -> logits``."""
+    """Softmax cross-entropy loss with accuracy, from ``apply_fn(params, inputs) -> logits``."""
 
-  def loss_fn(params: Params, inputs: chex.ArrayTree, labels: chex.Array):
-    logits = apply_fn(params, inputs)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
-    return loss, {"loss": loss, "accuracy": accuracy}
+    def loss_fn(params: Params, inputs: chex.ArrayTree, labels: chex.Array):
+        logits = apply_fn(params, inputs)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+        return loss, {"loss": loss, "accuracy": accuracy}
 
-  return loss_fn
+    return loss_fn
 
 
 def check_inner_lr(inner_lr: float | Params, params: Params) -> None:
-  """Checks a per-parameter learning-rate pytree against ``params`` (Meta-SGD style).
+    """Checks a per-parameter learning-rate pytree against ``params`` (Meta-SGD style).
 
-  A scalar is always accepted. Raises ``ValueError`` naming the first leaf whose path or
-  shape differs.
-  """
-  if _is_scalar(inner_lr):
-    return
-  lr_leaves = dict(jax.tree_util.tree_leaves_with_path(inner_lr))
-  param_leaves = dict(jax.tree_util.tree_leaves_with_path(params))
-  for path, leaf in param_leaves.items():
-    name = jax.tree_util.keystr(path)
-    if path not in lr_leaves:
-      raise ValueError(f"inner_lr has no leaf {name}; it must be a scalar or match params")
-    lr_shape = jnp.shape(lr_leaves[path])
-    if lr_shape not in ((), jnp.shape(leaf)):
-      raise ValueError(f"inner_lr leaf {name} has shape {lr_shape}; expected () or {jnp.shape(leaf)}")
-  extra = [jax.tree_util.keystr(p) for p in lr_leaves if p not in param_leaves]
-  if extra:
-    raise ValueError(f"inner_lr has leaves absent from params: {extra}")
+    A scalar is always accepted. Raises ``ValueError`` naming the first leaf whose path or
+    shape differs.
+    """
+    if _is_scalar(inner_lr):
+        return
+    lr_leaves = dict(jax.tree_util.tree_leaves_with_path(inner_lr))
+    param_leaves = dict(jax.tree_util.tree_leaves_with_path(params))
+    for path, leaf in param_leaves.items():
+        name = jax.tree_util.keystr(path)
+        if path not in lr_leaves:
+            raise ValueError(f"inner_lr has no leaf {name}; it must be a scalar or match params")
+        lr_shape = jnp.shape(lr_leaves[path])
+        if lr_shape not in ((), jnp.shape(leaf)):
+            raise ValueError(
+                f"inner_lr leaf {name} has shape {lr_shape}; expected () or {jnp.shape(leaf)}"
+            )
+    extra = [jax.tree_util.keystr(p) for p in lr_leaves if p not in param_leaves]
+    if extra:
+        raise ValueError(f"inner_lr has leaves absent from params: {extra}")
 
 
 def _is_scalar(x: Any) -> bool:
-  return not isinstance(x, (dict, list, tuple)) and jnp.ndim(x) == 0
+    return not isinstance(x, (dict, list, tuple)) and jnp.ndim(x) == 0
 
 
 def _sgd_update(params: Params, grads: Params, inner_lr: float | Params) -> Params:
-  if _is_scalar(inner_lr):
-    return jax.tree.map(lambda p, g: p - inner_lr * g, params, grads)
-  return jax.tree.map(lambda p, g, lr: p - lr * g, params, grads, inner_lr)
+    if _is_scalar(inner_lr):
+        return jax.tree.map(lambda p, g: p - inner_lr * g, params, grads)
+    return jax.tree.map(lambda p, g, lr: p - lr * g, params, grads, inner_lr)
 
 
-def adapt(params: Params, inputs: chex.ArrayTree, labels: chex.Array, *, loss_fn: LossFn,
-          inner_lr: float | Params, num_steps: int, first_order: bool = False,
-          remat: bool = False) -> tuple[Params, chex.Array]:
-  """Runs ``num_steps`` of SGD on ``loss_fn`` from ``params`` (MAML's inner loop).
+def adapt(
+    params: Params,
+    inputs: chex.ArrayTree,
+    labels: chex.Array,
+    *,
+    loss_fn: LossFn,
+    inner_lr: float | Params,
+    num_steps: int,
+    first_order: bool = False,
+    remat: bool = False,
+) -> tuple[Params, chex.Array]:
+    """Runs ``num_steps`` of SGD on ``loss_fn`` from ``params`` (MAML's inner loop).
 
-  Args:
-    params: initial parameters (the meta-parameters).
-    inputs: support inputs, leaves ``[support_size, ...]``.
-    labels: ``[support_size]`` labels.
-    loss_fn: ``(params, inputs, labels) -> (loss, metrics)``.
-    inner_lr: scalar, or a pytree of per-parameter rates shaped like ``params``.
-    num_steps: number of inner SGD steps (0 returns ``params`` unchanged).
-    first_order: stop gradients through the inner gradients (FOMAML).
-    remat: rematerialise each inner step in the backward pass (``jax.checkpoint``), so
-      memory stays flat as ``num_steps`` grows, at the cost of recomputation.
+    Args:
+      params: initial parameters (the meta-parameters).
+      inputs: support inputs, leaves ``[support_size, ...]``.
+      labels: ``[support_size]`` labels.
+      loss_fn: ``(params, inputs, labels) -> (loss, metrics)``.
+      inner_lr: scalar, or a pytree of per-parameter rates shaped like ``params``.
+      num_steps: number of inner SGD steps (0 returns ``params`` unchanged).
+      first_order: stop gradients through the inner gradients (FOMAML).
+      remat: rematerialise each inner step in the backward pass (``jax.checkpoint``), so
+        memory stays flat as ``num_steps`` grows, at the cost of recomputation.
 
-  Returns:
-    ``(adapted_params, losses)`` with ``losses: [num_steps]`` the support loss before
-    each step.
-  """
-  if num_steps < 0:
-    raise ValueError(f"num_steps must be >= 0; got {num_steps}")
+    Returns:
+      ``(adapted_params, losses)`` with ``losses: [num_steps]`` the support loss before
+      each step.
+    """
+    if num_steps < 0:
+        raise ValueError(f"num_steps must be >= 0; got {num_steps}")
 
-  def step(current, _):
-    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(current, inputs, labels)
-    if first_order:
-      grads = jax.lax.stop_gradient(grads)
-    return _sgd_update(current, grads, inner_lr), loss
+    def step(current, _):
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(current, inputs, labels)
+        if first_order:
+            grads = jax.lax.stop_gradient(grads)
+        return _sgd_update(current, grads, inner_lr), loss
 
-  if remat:
-    step = jax.checkpoint(step)
-  return jax.lax.scan(step, params, None, length=num_steps)
-
-
-def task_loss(params: Params, episode: Episode, *, loss_fn: LossFn, inner_lr: float | Params,
-              num_steps: int, first_order: bool = False,
-              remat: bool = False) -> tuple[chex.Array, dict]:
-  """Adapts on the support set, then returns the query loss and metrics of one task.
-
-  Metrics: the query metrics of ``loss_fn`` after adaptation, plus ``support_loss``
-  (the support loss before adaptation; equals the query-free loss when ``num_steps=0``).
-  """
-  adapted, inner_losses = adapt(params, episode.support_inputs, episode.support_labels,
-                                loss_fn=loss_fn, inner_lr=inner_lr, num_steps=num_steps,
-                                first_order=first_order, remat=remat)
-  loss, metrics = loss_fn(adapted, episode.query_inputs, episode.query_labels)
-  metrics = dict(metrics)
-  if num_steps > 0:
-    metrics["support_loss"] = inner_losses[0]
-  return loss, metrics
+    if remat:
+        step = jax.checkpoint(step)
+    return jax.lax.scan(step, params, None, length=num_steps)
 
 
-def meta_loss(params: Params, episodes: Episode, *, loss_fn: LossFn, inner_lr: float | Params,
-              num_steps: int, first_order: bool = False,
-              remat: bool = False) -> tuple[chex.Array, dict]:
-  """Mean query loss over a task batch (leading axis of every ``episodes`` leaf), by vmap."""
-  per_task = functools.partial(task_loss, loss_fn=loss_fn, inner_lr=inner_lr,
-                               num_steps=num_steps, first_order=first_order, remat=remat)
-  losses, metrics = jax.vmap(per_task, in_axes=(None, 0))(params, episodes)
-  return jnp.mean(losses), jax.tree.map(jnp.mean, metrics)
+def task_loss(
+    params: Params,
+    episode: Episode,
+    *,
+    loss_fn: LossFn,
+    inner_lr: float | Params,
+    num_steps: int,
+    first_order: bool = False,
+    remat: bool = False,
+) -> tuple[chex.Array, dict]:
+    """Adapts on the support set, then returns the query loss and metrics of one task.
+
+    Metrics: the query metrics of ``loss_fn`` after adaptation, plus ``support_loss``
+    (the support loss before adaptation; equals the query-free loss when ``num_steps=0``).
+    """
+    adapted, inner_losses = adapt(
+        params,
+        episode.support_inputs,
+        episode.support_labels,
+        loss_fn=loss_fn,
+        inner_lr=inner_lr,
+        num_steps=num_steps,
+        first_order=first_order,
+        remat=remat,
+    )
+    loss, metrics = loss_fn(adapted, episode.query_inputs, episode.query_labels)
+    metrics = dict(metrics)
+    if num_steps > 0:
+        metrics["support_loss"] = inner_losses[0]
+    return loss, metrics
+
+
+def meta_loss(
+    params: Params,
+    episodes: Episode,
+    *,
+    loss_fn: LossFn,
+    inner_lr: float | Params,
+    num_steps: int,
+    first_order: bool = False,
+    remat: bool = False,
+) -> tuple[chex.Array, dict]:
+    """Mean query loss over a task batch (leading axis of every ``episodes`` leaf), by vmap."""
+    per_task = functools.partial(
+        task_loss,
+        loss_fn=loss_fn,
+        inner_lr=inner_lr,
+        num_steps=num_steps,
+        first_order=first_order,
+        remat=remat,
+    )
+    losses, metrics = jax.vmap(per_task, in_axes=(None, 0))(params, episodes)
+    return jnp.mean(losses), jax.tree.map(jnp.mean, metrics)
 
 
 def meta_grad(params: Params, episodes: Episode, **kwargs) -> tuple[Params, dict]:
-  """Gradient of :func:`meta_loss` w.r.t. the meta-parameters, and the batch metrics."""
-  (_, metrics), grads = jax.value_and_grad(meta_loss, has_aux=True)(params, episodes, **kwargs)
-  return grads, metrics
+    """Gradient of :func:`meta_loss` w.r.t. the meta-parameters, and the batch metrics."""
+    (_, metrics), grads = jax.value_and_grad(meta_loss, has_aux=True)(params, episodes, **kwargs)
+    return grads, metrics
 
 
 class MetaStep(NamedTuple):
-  """Static settings of a MAML meta-step (hashable, so usable as a static argument)."""
-  loss_fn: LossFn
-  optimizer: optax.GradientTransformation
-  inner_lr: float
-  num_steps: int
-  first_order: bool = False
-  remat: bool = False
+    """Static settings of a MAML meta-step (hashable, so usable as a static argument)."""
 
-  def grad(self, params: Params, episodes: Episode) -> tuple[Params, dict]:
-    """Meta-gradient and metrics for a task batch."""
-    return meta_grad(params, episodes, loss_fn=self.loss_fn, inner_lr=self.inner_lr,
-                     num_steps=self.num_steps, first_order=self.first_order, remat=self.remat)
+    loss_fn: LossFn
+    optimizer: optax.GradientTransformation
+    inner_lr: float
+    num_steps: int
+    first_order: bool = False
+    remat: bool = False
 
-  def apply(self, params: Params, opt_state: optax.OptState, grads: Params):
-    """One optimizer update; returns ``(params, opt_state)``."""
-    updates, opt_state = self.optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
+    def grad(self, params: Params, episodes: Episode) -> tuple[Params, dict]:
+        """Meta-gradient and metrics for a task batch."""
+        return meta_grad(
+            params,
+            episodes,
+            loss_fn=self.loss_fn,
+            inner_lr=self.inner_lr,
+            num_steps=self.num_steps,
+            first_order=self.first_order,
+            remat=self.remat,
+        )
+
+    def apply(self, params: Params, opt_state: optax.OptState, grads: Params):
+        """One optimizer update; returns ``(params, opt_state)``."""
+        updates, opt_state = self.optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
 
 
-def make_meta_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
-                         inner_lr: float, num_steps: int, first_order: bool = False,
-                         remat: bool = False, jit: bool = True):
-  """Builds ``step(params, opt_state, episodes) -> (params, opt_state, metrics)``.
+def make_meta_train_step(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    inner_lr: float,
+    num_steps: int,
+    first_order: bool = False,
+    remat: bool = False,
+    jit: bool = True,
+):
+    """Builds ``step(params, opt_state, episodes) -> (params, opt_state, metrics)``.
 
-  The whole meta-step (vmap over tasks, inner scan, outer gradient, optimizer update) is
-  one ``jax.jit`` when ``jit`` is true; ``params`` and ``opt_state`` are donated (reuse the
-  returned ones).
-  """
-  _check_settings(inner_lr=inner_lr, num_steps=num_steps)
-  settings = MetaStep(loss_fn, optimizer, inner_lr, num_steps, first_order, remat)
+    The whole meta-step (vmap over tasks, inner scan, outer gradient, optimizer update) is
+    one ``jax.jit`` when ``jit`` is true; ``params`` and ``opt_state`` are donated (reuse the
+    returned ones).
+    """
+    _check_settings(inner_lr=inner_lr, num_steps=num_steps)
+    settings = MetaStep(loss_fn, optimizer, inner_lr, num_steps, first_order, remat)
 
-  def step(params, opt_state, episodes):
-    grads, metrics = settings.grad(params, episodes)
-    params, opt_state = settings.apply(params, opt_state, grads)
-    return params, opt_state, metrics
+    def step(params, opt_state, episodes):
+        grads, metrics = settings.grad(params, episodes)
+        params, opt_state = settings.apply(params, opt_state, grads)
+        return params, opt_state, metrics
 
-  return jax.jit(step, donate_argnums=(0, 1)) if jit else step
+    return jax.jit(step, donate_argnums=(0, 1)) if jit else step
 
 
 def _check_settings(*, inner_lr, num_steps) -> None:
-  if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
-    raise ValueError(f"num_steps must be an int >= 0; got {num_steps!r}")
-  if _is_scalar(inner_lr):
-    if not float(inner_lr) > 0:
-      raise ValueError(f"inner_lr must be > 0; got {inner_lr!r}")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
+        raise ValueError(f"num_steps must be an int >= 0; got {num_steps!r}")
+    if _is_scalar(inner_lr):
+        if not float(inner_lr) > 0:
+            raise ValueError(f"inner_lr must be > 0; got {inner_lr!r}")

@@ -5,6 +5,7 @@ the same update as the single-device :func:`mmjax.meta.maml.make_meta_train_step
 floating-point summation order). Multi-host: call :func:`initialize_distributed` first;
 the sharded step then runs over the global mesh of every process's devices.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,95 +23,121 @@ TASK_AXIS = "tasks"
 
 
 def initialize_distributed(force: bool = False) -> bool:
-  """Calls ``jax.distributed.initialize()`` when running multi-host.
+    """Calls ``jax.distributed.initialize()`` when running multi-host.
 
-  Honoured when ``force`` is true or the environment names a coordinator
-  (``JAX_COORDINATOR_ADDRESS``) or a TPU pod / SLURM / Open MPI job is detected by JAX's
-  own cluster detection. Returns whether it initialised.
-  """
-  if force or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize()
-    return True
-  return False
+    Honoured when ``force`` is true or the environment names a coordinator
+    (``JAX_COORDINATOR_ADDRESS``) or a TPU pod / SLURM / Open MPI job is detected by JAX's
+    own cluster detection. Returns whether it initialised.
+    """
+    if force or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize()
+        return True
+    return False
 
 
 def task_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A 1-D mesh over ``devices`` (default: all global devices) with axis ``"tasks"``."""
-  devices = np.asarray(jax.devices() if devices is None else devices)
-  return Mesh(devices, (TASK_AXIS,))
+    """A 1-D mesh over ``devices`` (default: all global devices) with axis ``"tasks"``."""
+    devices = np.asarray(jax.devices() if devices is None else devices)
+    return Mesh(devices, (TASK_AXIS,))
 
 
 def _check_divisible(batch_size: int, num_devices: int) -> None:
-  if batch_size % num_devices:
-    raise ValueError(f"meta batch size {batch_size} is not divisible by the {num_devices} devices; "
-                     f"use a multiple of {num_devices}")
+    if batch_size % num_devices:
+        raise ValueError(
+            f"meta batch size {batch_size} is not divisible by the {num_devices} devices; "
+            f"use a multiple of {num_devices}"
+        )
 
 
 def shard_for_pmap(tree: chex.ArrayTree, num_devices: int) -> chex.ArrayTree:
-  """Reshapes leaves ``[batch, ...] -> [num_devices, batch // num_devices, ...]``."""
-  def split(x):
-    _check_divisible(x.shape[0], num_devices)
-    return x.reshape((num_devices, x.shape[0] // num_devices) + x.shape[1:])
-  return jax.tree.map(split, tree)
+    """Reshapes leaves ``[batch, ...] -> [num_devices, batch // num_devices, ...]``."""
+
+    def split(x):
+        _check_divisible(x.shape[0], num_devices)
+        return x.reshape((num_devices, x.shape[0] // num_devices) + x.shape[1:])
+
+    return jax.tree.map(split, tree)
 
 
-def make_pmap_meta_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
-                              inner_lr: float, num_steps: int, first_order: bool = False,
-                              remat: bool = False, axis_name: str = "devices"):
-  """Builds a ``pmap``-ed ``step(params, opt_state, episodes)``.
+def make_pmap_meta_train_step(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    inner_lr: float,
+    num_steps: int,
+    first_order: bool = False,
+    remat: bool = False,
+    axis_name: str = "devices",
+):
+    """Builds a ``pmap``-ed ``step(params, opt_state, episodes)``.
 
-  ``params`` and ``opt_state`` are replicated (leading device axis, e.g. via
-  ``flax.jax_utils.replicate``); every ``episodes`` leaf is ``[devices, tasks_per_device,
-  ...]`` (see :func:`shard_for_pmap`). Gradients and metrics are averaged with
-  ``lax.pmean``, so every device applies the same update.
-  """
-  _check_settings(inner_lr=inner_lr, num_steps=num_steps)
-  settings = MetaStep(loss_fn, optimizer, inner_lr, num_steps, first_order, remat)
+    ``params`` and ``opt_state`` are replicated (leading device axis, e.g. via
+    ``flax.jax_utils.replicate``); every ``episodes`` leaf is ``[devices, tasks_per_device,
+    ...]`` (see :func:`shard_for_pmap`). Gradients and metrics are averaged with
+    ``lax.pmean``, so every device applies the same update.
+    """
+    _check_settings(inner_lr=inner_lr, num_steps=num_steps)
+    settings = MetaStep(loss_fn, optimizer, inner_lr, num_steps, first_order, remat)
 
-  def step(params, opt_state, episodes):
-    grads, metrics = settings.grad(params, episodes)
-    grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
-    params, opt_state = settings.apply(params, opt_state, grads)
-    return params, opt_state, metrics
+    def step(params, opt_state, episodes):
+        grads, metrics = settings.grad(params, episodes)
+        grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
+        params, opt_state = settings.apply(params, opt_state, grads)
+        return params, opt_state, metrics
 
-  return jax.pmap(step, axis_name=axis_name, donate_argnums=(0, 1))
+    return jax.pmap(step, axis_name=axis_name, donate_argnums=(0, 1))
 
 
-def make_sharded_meta_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
-                                 inner_lr: float, num_steps: int, mesh: Mesh | None = None,
-                                 first_order: bool = False, remat: bool = False):
-  """Builds a ``jit`` step whose task batch is sharded over ``mesh`` (axis ``"tasks"``).
+def make_sharded_meta_train_step(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    inner_lr: float,
+    num_steps: int,
+    mesh: Mesh | None = None,
+    first_order: bool = False,
+    remat: bool = False,
+):
+    """Builds a ``jit`` step whose task batch is sharded over ``mesh`` (axis ``"tasks"``).
 
-  ``params``/``opt_state`` are replicated, ``episodes`` leaves ``[batch, ...]`` are split
-  along the batch; XLA inserts the all-reduce of the gradient. Returns
-  ``(step, place_episodes, place_replicated)``: the last two put host arrays on the mesh
-  with the right sharding (they also work multi-host, every process passing the same
-  global arrays).
-  """
-  _check_settings(inner_lr=inner_lr, num_steps=num_steps)
-  mesh = task_mesh() if mesh is None else mesh
-  settings = MetaStep(loss_fn, optimizer, inner_lr, num_steps, first_order, remat)
-  replicated = NamedSharding(mesh, P())
-  by_task = NamedSharding(mesh, P(TASK_AXIS))
+    ``params``/``opt_state`` are replicated, ``episodes`` leaves ``[batch, ...]`` are split
+    along the batch; XLA inserts the all-reduce of the gradient. Returns
+    ``(step, place_episodes, place_replicated)``: the last two put host arrays on the mesh
+    with the right sharding (they also work multi-host, every process passing the same
+    global arrays).
+    """
+    _check_settings(inner_lr=inner_lr, num_steps=num_steps)
+    mesh = task_mesh() if mesh is None else mesh
+    settings = MetaStep(loss_fn, optimizer, inner_lr, num_steps, first_order, remat)
+    replicated = NamedSharding(mesh, P())
+    by_task = NamedSharding(mesh, P(TASK_AXIS))
 
-  def step(params, opt_state, episodes):
-    grads, metrics = settings.grad(params, episodes)
-    params, opt_state = settings.apply(params, opt_state, grads)
-    return params, opt_state, metrics
+    def step(params, opt_state, episodes):
+        grads, metrics = settings.grad(params, episodes)
+        params, opt_state = settings.apply(params, opt_state, grads)
+        return params, opt_state, metrics
 
-  jitted = jax.jit(step, in_shardings=(replicated, replicated, by_task),
-                   out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 1))
+    jitted = jax.jit(
+        step,
+        in_shardings=(replicated, replicated, by_task),
+        out_shardings=(replicated, replicated, replicated),
+        donate_argnums=(0, 1),
+    )
 
-  def place_episodes(episodes):
-    def put(x):
-      _check_divisible(x.shape[0], mesh.size)
-      x = np.asarray(x)
-      return jax.make_array_from_callback(x.shape, by_task, lambda index: x[index])
-    return jax.tree.map(put, episodes)
+    def place_episodes(episodes):
+        def put(x):
+            _check_divisible(x.shape[0], mesh.size)
+            x = np.asarray(x)
+            return jax.make_array_from_callback(x.shape, by_task, lambda index: x[index])
 
-  def place_replicated(tree):
-    return jax.tree.map(
-        lambda x: jax.make_array_from_callback(np.shape(x), replicated,
-                                               lambda index: np.asarray(x)[index]), tree)
+        return jax.tree.map(put, episodes)
 
-  return jitted, place_episodes, place_replicated
+    def place_replicated(tree):
+        return jax.tree.map(
+            lambda x: jax.make_array_from_callback(
+                np.shape(x), replicated, lambda index: np.asarray(x)[index]
+            ),
+            tree,
+        )
+
+    return jitted, place_episodes, place_replicated

@@ -1,4 +1,5 @@
 """Encoder + linear head: the classifier that MAML adapts."""
+
 from __future__ import annotations
 
 import chex
@@ -6,15 +7,16 @@ import flax.linen as nn
 
 
 class Classifier(nn.Module):
-  """Any encoder followed by a linear head over ``num_classes`` (the episode's ways).
+    """Any encoder followed by a linear head over ``num_classes`` (the episode's ways).
 
-  Parameters are ``{"encoder": ..., "head": ...}`` so that head-only algorithms (ANIL)
-  can split them by name. Call: ``inputs -> [batch, num_classes]`` logits.
-  """
-  encoder: nn.Module
-  num_classes: int
+    Parameters are ``{"encoder": ..., "head": ...}`` so that head-only algorithms (ANIL)
+    can split them by name. Call: ``inputs -> [batch, num_classes]`` logits.
+    """
 
-  @nn.compact
-  def __call__(self, inputs: chex.ArrayTree) -> chex.Array:
-    features = self.encoder(inputs)
-    return nn.Dense(self.num_classes, name="head")(features)
+    encoder: nn.Module
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, inputs: chex.ArrayTree) -> chex.Array:
+        features = self.encoder(inputs)
+        return nn.Dense(self.num_classes, name="head")(features)

@@ -7,6 +7,7 @@ slices and does one matmul; under ``vmap`` it becomes a batched matmul, which is
 every backend. ``conv_impl="auto"`` picks ``im2col`` on CPU and ``lax`` elsewhere (see
 ``benchmarks/conv_formulations.py`` for the measurements behind the choice).
 """
+
 from __future__ import annotations
 
 import chex
@@ -18,123 +19,134 @@ CONV_IMPLS = ("auto", "im2col", "lax")
 
 
 def resolve_conv_impl(conv_impl: str) -> str:
-  """Maps ``"auto"`` to the formulation measured fastest on the default backend."""
-  if conv_impl not in CONV_IMPLS:
-    raise ValueError(f"conv_impl={conv_impl!r} is not one of {CONV_IMPLS}")
-  if conv_impl == "auto":
-    return "im2col" if jax.default_backend() == "cpu" else "lax"
-  return conv_impl
+    """Maps ``"auto"`` to the formulation measured fastest on the default backend."""
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl={conv_impl!r} is not one of {CONV_IMPLS}")
+    if conv_impl == "auto":
+        return "im2col" if jax.default_backend() == "cpu" else "lax"
+    return conv_impl
 
 
 def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
-  """Symmetric padding of PyTorch's ``padding=kernel//2``; returns (low, high, out)."""
-  pad = kernel // 2
-  out = (size + 2 * pad - kernel) // stride + 1
-  return pad, pad, out
+    """Symmetric padding of PyTorch's ``padding=kernel//2``; returns (low, high, out)."""
+    pad = kernel // 2
+    out = (size + 2 * pad - kernel) // stride + 1
+    return pad, pad, out
 
 
 def conv2d_im2col(x: chex.Array, kernel: chex.Array, *, stride: int = 1) -> chex.Array:
-  """2-D convolution as strided-slice patches plus one matmul.
+    """2-D convolution as strided-slice patches plus one matmul.
 
-  Args:
-    x: ``[batch, height, width, in_channels]``.
-    kernel: ``[k, k, in_channels, out_channels]`` (square, odd ``k``).
-    stride: spatial stride.
+    Args:
+      x: ``[batch, height, width, in_channels]``.
+      kernel: ``[k, k, in_channels, out_channels]`` (square, odd ``k``).
+      stride: spatial stride.
 
-  Returns:
-    ``[batch, out_height, out_width, out_channels]``, equal to ``lax.conv`` with padding
-    ``k // 2`` on each side.
-  """
-  k = kernel.shape[0]
-  _, height, width, channels = x.shape
-  low, high, out_h = _same_padding(height, k, stride)
-  _, _, out_w = _same_padding(width, k, stride)
-  x = jnp.pad(x, ((0, 0), (low, high), (low, high), (0, 0)))
-  patches = [
-      jax.lax.slice(
-          x,
-          (0, i, j, 0),
-          (x.shape[0], i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, channels),
-          (1, stride, stride, 1),
-      )
-      for i in range(k)
-      for j in range(k)
-  ]
-  patches = jnp.concatenate(patches, axis=-1)  # [B, Ho, Wo, k*k*Cin], (i, j, c) order
-  return jnp.einsum("bhwp,po->bhwo", patches, kernel.reshape(k * k * channels, -1))
+    Returns:
+      ``[batch, out_height, out_width, out_channels]``, equal to ``lax.conv`` with padding
+      ``k // 2`` on each side.
+    """
+    k = kernel.shape[0]
+    _, height, width, channels = x.shape
+    low, high, out_h = _same_padding(height, k, stride)
+    _, _, out_w = _same_padding(width, k, stride)
+    x = jnp.pad(x, ((0, 0), (low, high), (low, high), (0, 0)))
+    patches = [
+        jax.lax.slice(
+            x,
+            (0, i, j, 0),
+            (x.shape[0], i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, channels),
+            (1, stride, stride, 1),
+        )
+        for i in range(k)
+        for j in range(k)
+    ]
+    patches = jnp.concatenate(patches, axis=-1)  # [B, Ho, Wo, k*k*Cin], (i, j, c) order
+    return jnp.einsum("bhwp,po->bhwo", patches, kernel.reshape(k * k * channels, -1))
 
 
 def conv2d_lax(x: chex.Array, kernel: chex.Array, *, stride: int = 1) -> chex.Array:
-  """Reference 2-D convolution with ``lax.conv_general_dilated`` (same padding as im2col)."""
-  k = kernel.shape[0]
-  return jax.lax.conv_general_dilated(
-      x, kernel, window_strides=(stride, stride), padding=((k // 2, k // 2),) * 2,
-      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    """Reference 2-D convolution with ``lax.conv_general_dilated`` (same padding as im2col)."""
+    k = kernel.shape[0]
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(stride, stride),
+        padding=((k // 2, k // 2),) * 2,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
 
 
 class Conv2D(nn.Module):
-  """3x3 (by default) convolution whose formulation is chosen by ``conv_impl``."""
-  features: int
-  kernel_size: int = 3
-  stride: int = 1
-  conv_impl: str = "auto"
+    """3x3 (by default) convolution whose formulation is chosen by ``conv_impl``."""
 
-  @nn.compact
-  def __call__(self, x: chex.Array) -> chex.Array:
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
-    bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    impl = resolve_conv_impl(self.conv_impl)
-    fn = conv2d_im2col if impl == "im2col" else conv2d_lax
-    return fn(x, kernel.astype(x.dtype), stride=self.stride) + bias.astype(x.dtype)
+    features: int
+    kernel_size: int = 3
+    stride: int = 1
+    conv_impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: chex.Array) -> chex.Array:
+        kernel = self.param(
+            "kernel",
+            nn.initializers.lecun_normal(),
+            (self.kernel_size, self.kernel_size, x.shape[-1], self.features),
+        )
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        impl = resolve_conv_impl(self.conv_impl)
+        fn = conv2d_im2col if impl == "im2col" else conv2d_lax
+        return fn(x, kernel.astype(x.dtype), stride=self.stride) + bias.astype(x.dtype)
 
 
 class BatchStatNorm(nn.Module):
-  """Batch norm that always uses the current batch's statistics (as in MAML).
+    """Batch norm that always uses the current batch's statistics (as in MAML).
 
-  No running averages are kept, so the module has parameters (scale, bias) only and
-  the network stays a pure function of ``params``. In few-shot learning this is
-  *transductive*: query statistics are computed over the whole query set of the task.
-  """
-  epsilon: float = 1e-3
+    No running averages are kept, so the module has parameters (scale, bias) only and
+    the network stays a pure function of ``params``. In few-shot learning this is
+    *transductive*: query statistics are computed over the whole query set of the task.
+    """
 
-  @nn.compact
-  def __call__(self, x: chex.Array) -> chex.Array:
-    features = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (features,))
-    bias = self.param("bias", nn.initializers.zeros, (features,))
-    axes = tuple(range(x.ndim - 1))
-    mean = jnp.mean(x, axis=axes)
-    var = jnp.mean(jnp.square(x - mean), axis=axes)
-    return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+    epsilon: float = 1e-3
+
+    @nn.compact
+    def __call__(self, x: chex.Array) -> chex.Array:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,))
+        bias = self.param("bias", nn.initializers.zeros, (features,))
+        axes = tuple(range(x.ndim - 1))
+        mean = jnp.mean(x, axis=axes)
+        var = jnp.mean(jnp.square(x - mean), axis=axes)
+        return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
 
 
 class Conv4(nn.Module):
-  """Conv-4 backbone of Finn et al. (2017), as in learn2learn's ``OmniglotCNN``.
+    """Conv-4 backbone of Finn et al. (2017), as in learn2learn's ``OmniglotCNN``.
 
-  ``num_blocks`` x [3x3 conv with ``features`` filters, batch-stat norm, ReLU, then
-  stride 2 (``pool="stride"``, the Omniglot variant) or 2x2 max-pool
-  (``pool="max"``, the mini-ImageNet variant)], then the spatial mean.
+    ``num_blocks`` x [3x3 conv with ``features`` filters, batch-stat norm, ReLU, then
+    stride 2 (``pool="stride"``, the Omniglot variant) or 2x2 max-pool
+    (``pool="max"``, the mini-ImageNet variant)], then the spatial mean.
 
-  Call: ``x: [batch, height, width, channels] -> [batch, features]``.
-  """
-  features: int = 64
-  num_blocks: int = 4
-  pool: str = "stride"
-  conv_impl: str = "auto"
+    Call: ``x: [batch, height, width, channels] -> [batch, features]``.
+    """
 
-  @nn.compact
-  def __call__(self, x: chex.Array) -> chex.Array:
-    if x.ndim != 4:
-      raise ValueError(f"Conv4 input x must be [batch, height, width, channels]; got shape {x.shape}")
-    if self.pool not in ("stride", "max"):
-      raise ValueError(f"pool={self.pool!r} is not one of ('stride', 'max')")
-    for _ in range(self.num_blocks):
-      stride = 2 if self.pool == "stride" else 1
-      x = Conv2D(self.features, stride=stride, conv_impl=self.conv_impl)(x)
-      x = BatchStatNorm()(x)
-      x = nn.relu(x)
-      if self.pool == "max":
-        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
-    return jnp.mean(x, axis=(1, 2))
+    features: int = 64
+    num_blocks: int = 4
+    pool: str = "stride"
+    conv_impl: str = "auto"
 
+    @nn.compact
+    def __call__(self, x: chex.Array) -> chex.Array:
+        if x.ndim != 4:
+            raise ValueError(
+                f"Conv4 input x must be [batch, height, width, channels]; got shape {x.shape}"
+            )
+        if self.pool not in ("stride", "max"):
+            raise ValueError(f"pool={self.pool!r} is not one of ('stride', 'max')")
+        for _ in range(self.num_blocks):
+            stride = 2 if self.pool == "stride" else 1
+            x = Conv2D(self.features, stride=stride, conv_impl=self.conv_impl)(x)
+            x = BatchStatNorm()(x)
+            x = nn.relu(x)
+            if self.pool == "max":
+                x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+        return jnp.mean(x, axis=(1, 2))

@@ -1,4 +1,5 @@
 """Multi-layer perceptron encoder."""
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -8,20 +9,21 @@ import flax.linen as nn
 
 
 class MLP(nn.Module):
-  """Dense layers with an activation between them (none after the last).
+    """Dense layers with an activation between them (none after the last).
 
-  Call: ``x: [batch, ..., in_features] -> [batch, ..., hidden_sizes[-1]]``.
-  """
-  hidden_sizes: Sequence[int]
-  activation: Callable[[chex.Array], chex.Array] = nn.relu
-  activate_final: bool = False
+    Call: ``x: [batch, ..., in_features] -> [batch, ..., hidden_sizes[-1]]``.
+    """
 
-  @nn.compact
-  def __call__(self, x: chex.Array) -> chex.Array:
-    if not self.hidden_sizes:
-      raise ValueError("MLP hidden_sizes must name at least one layer size")
-    for i, size in enumerate(self.hidden_sizes):
-      x = nn.Dense(size)(x)
-      if i < len(self.hidden_sizes) - 1 or self.activate_final:
-        x = self.activation(x)
-    return x
+    hidden_sizes: Sequence[int]
+    activation: Callable[[chex.Array], chex.Array] = nn.relu
+    activate_final: bool = False
+
+    @nn.compact
+    def __call__(self, x: chex.Array) -> chex.Array:
+        if not self.hidden_sizes:
+            raise ValueError("MLP hidden_sizes must name at least one layer size")
+        for i, size in enumerate(self.hidden_sizes):
+            x = nn.Dense(size)(x)
+            if i < len(self.hidden_sizes) - 1 or self.activate_final:
+                x = self.activation(x)
+        return x

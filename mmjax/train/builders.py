@@ -1,4 +1,5 @@
 """Config -> model, optimizer and device-resident data splits."""
+
 from __future__ import annotations
 
 import ml_collections
@@ -14,57 +15,70 @@ OPTIMIZERS = ("adam", "sgd")
 
 
 class _Flatten(MLP):
-  """MLP over flattened images (``[batch, H, W, C] -> [batch, hidden_sizes[-1]]``)."""
+    """MLP over flattened images (``[batch, H, W, C] -> [batch, hidden_sizes[-1]]``)."""
 
-  def __call__(self, x):
-    return super().__call__(x.reshape(x.shape[0], -1))
+    def __call__(self, x):
+        return super().__call__(x.reshape(x.shape[0], -1))
 
 
 def build_model(config: ml_collections.ConfigDict) -> Classifier:
-  """Encoder named by ``config.model.encoder`` plus a ``config.ways``-way linear head."""
-  m = config.model
-  if m.encoder == "conv4":
-    encoder = Conv4(features=m.features, num_blocks=m.num_blocks, pool=m.pool,
-                    conv_impl=m.conv_impl)
-  elif m.encoder == "mlp":
-    encoder = _Flatten(hidden_sizes=tuple(m.hidden_sizes), activate_final=True)
-  else:
-    raise ValueError(f"model.encoder={m.encoder!r} is not one of {ENCODERS}")
-  return Classifier(encoder=encoder, num_classes=config.ways)
+    """Encoder named by ``config.model.encoder`` plus a ``config.ways``-way linear head."""
+    m = config.model
+    if m.encoder == "conv4":
+        encoder = Conv4(
+            features=m.features, num_blocks=m.num_blocks, pool=m.pool, conv_impl=m.conv_impl
+        )
+    elif m.encoder == "mlp":
+        encoder = _Flatten(hidden_sizes=tuple(m.hidden_sizes), activate_final=True)
+    else:
+        raise ValueError(f"model.encoder={m.encoder!r} is not one of {ENCODERS}")
+    return Classifier(encoder=encoder, num_classes=config.ways)
 
 
 def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Meta-optimizer from ``config.optimizer`` (``name``, ``learning_rate``, ``grad_clip_norm``)."""
-  o = config.optimizer
-  if not o.learning_rate > 0:
-    raise ValueError(f"optimizer.learning_rate must be > 0; got {o.learning_rate}")
-  if o.name not in OPTIMIZERS:
-    raise ValueError(f"optimizer.name={o.name!r} is not one of {OPTIMIZERS}")
-  optimizer = getattr(optax, o.name)(o.learning_rate)
-  if o.grad_clip_norm:
-    optimizer = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), optimizer)
-  return optimizer
+    """Meta-optimizer from ``config.optimizer`` (``name``, ``learning_rate``, ``grad_clip_norm``)."""
+    o = config.optimizer
+    if not o.learning_rate > 0:
+        raise ValueError(f"optimizer.learning_rate must be > 0; got {o.learning_rate}")
+    if o.name not in OPTIMIZERS:
+        raise ValueError(f"optimizer.name={o.name!r} is not one of {OPTIMIZERS}")
+    optimizer = getattr(optax, o.name)(o.learning_rate)
+    if o.grad_clip_norm:
+        optimizer = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), optimizer)
+    return optimizer
 
 
 def load_splits(config: ml_collections.ConfigDict) -> dict:
-  """Loads ``{'train', 'val', 'test'}`` as device arrays ``[classes, examples, H, W, 1]``.
+    """Loads ``{'train', 'val', 'test'}`` as device arrays ``[classes, examples, H, W, 1]``.
 
-  ``data.name="omniglot"`` reads the official archives (``data.data_dir`` or
-  ``$MMJAX_DATA_DIR``); ``"tfds:<name>"`` splits the classes of a TFDS image
-  classification dataset 60/20/20 in label order.
-  """
-  d = config.data
-  if d.name == "omniglot":
-    splits = omniglot_splits(d.data_dir or None, image_size=d.image_size, rotations=d.rotations,
-                             num_val_alphabets=d.num_val_alphabets,
-                             cache_dir=d.cache_dir or None, download=d.download)
-    return {name: to_device(split) for name, split in splits.items()}
-  if d.name.startswith("tfds:"):
-    data = load_tfds_classes(d.name[5:], split=d.tfds_split, data_dir=d.data_dir or None,
-                             image_size=d.image_size,
-                             examples_per_class=d.tfds_examples_per_class)
-    n = data.num_classes
-    bounds = {"train": range(0, int(0.6 * n)), "val": range(int(0.6 * n), int(0.8 * n)),
-              "test": range(int(0.8 * n), n)}
-    return {name: to_device(select_classes(data, list(r))) for name, r in bounds.items()}
-  raise ValueError(f"data.name={d.name!r} is not 'omniglot' or 'tfds:<dataset>'")
+    ``data.name="omniglot"`` reads the official archives (``data.data_dir`` or
+    ``$MMJAX_DATA_DIR``); ``"tfds:<name>"`` splits the classes of a TFDS image
+    classification dataset 60/20/20 in label order.
+    """
+    d = config.data
+    if d.name == "omniglot":
+        splits = omniglot_splits(
+            d.data_dir or None,
+            image_size=d.image_size,
+            rotations=d.rotations,
+            num_val_alphabets=d.num_val_alphabets,
+            cache_dir=d.cache_dir or None,
+            download=d.download,
+        )
+        return {name: to_device(split) for name, split in splits.items()}
+    if d.name.startswith("tfds:"):
+        data = load_tfds_classes(
+            d.name[5:],
+            split=d.tfds_split,
+            data_dir=d.data_dir or None,
+            image_size=d.image_size,
+            examples_per_class=d.tfds_examples_per_class,
+        )
+        n = data.num_classes
+        bounds = {
+            "train": range(0, int(0.6 * n)),
+            "val": range(int(0.6 * n), int(0.8 * n)),
+            "test": range(int(0.8 * n), n),
+        }
+        return {name: to_device(select_classes(data, list(r))) for name, r in bounds.items()}
+    raise ValueError(f"data.name={d.name!r} is not 'omniglot' or 'tfds:<dataset>'")

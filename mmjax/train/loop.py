@@ -6,6 +6,7 @@ to an uninterrupted one. Checkpoints are orbax (atomic); SIGTERM/SIGINT save a f
 checkpoint and exit cleanly; a non-finite meta-loss stops the run (or skips the step)
 without ever overwriting the last good checkpoint.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,218 +38,292 @@ NAN_POLICIES = ("stop", "skip")
 
 
 class NonFiniteLossError(FloatingPointError):
-  """Raised when a meta-step produces a non-finite loss or gradient (``nan_policy="stop"``)."""
+    """Raised when a meta-step produces a non-finite loss or gradient (``nan_policy="stop"``)."""
 
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything a run needs to continue exactly: step, parameters, optimizer, sampler key."""
-  step: jax.Array
-  params: Any
-  opt_state: Any
-  key: jax.Array  # raw uint32 key data of the episode sampler
+    """Everything a run needs to continue exactly: step, parameters, optimizer, sampler key."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    key: jax.Array  # raw uint32 key data of the episode sampler
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ``ValueError`` naming the first out-of-range setting."""
-  positive = {"ways": config.ways, "shots": config.shots, "queries": config.queries,
-              "meta_batch_size": config.meta_batch_size, "num_steps": config.num_steps,
-              "log_every": config.log_every, "eval_every": config.eval_every,
-              "checkpoint_every": config.checkpoint_every, "test_episodes": config.test_episodes,
-              "eval_batch_size": config.eval_batch_size, "val_episodes": config.val_episodes}
-  for name, value in positive.items():
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f"config.{name} must be an int >= 1; got {value!r}")
-  if config.test_episodes < 2 or config.val_episodes < 2:
-    raise ValueError("config.test_episodes and config.val_episodes must be >= 2 (for a CI)")
-  if not config.maml.inner_lr > 0:
-    raise ValueError(f"config.maml.inner_lr must be > 0; got {config.maml.inner_lr}")
-  for name in ("num_inner_steps", "eval_num_inner_steps"):
-    value = config.maml[name]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-      raise ValueError(f"config.maml.{name} must be an int >= 0; got {value!r}")
-  if config.parallel not in PARALLEL_MODES:
-    raise ValueError(f"config.parallel={config.parallel!r} is not one of {PARALLEL_MODES}")
-  if config.nan_policy not in NAN_POLICIES:
-    raise ValueError(f"config.nan_policy={config.nan_policy!r} is not one of {NAN_POLICIES}")
-  if config.parallel == "sharded" and config.meta_batch_size % jax.device_count():
-    raise ValueError(f"config.meta_batch_size={config.meta_batch_size} must be divisible by the "
-                     f"{jax.device_count()} devices for parallel='sharded'")
+    """Raises ``ValueError`` naming the first out-of-range setting."""
+    positive = {
+        "ways": config.ways,
+        "shots": config.shots,
+        "queries": config.queries,
+        "meta_batch_size": config.meta_batch_size,
+        "num_steps": config.num_steps,
+        "log_every": config.log_every,
+        "eval_every": config.eval_every,
+        "checkpoint_every": config.checkpoint_every,
+        "test_episodes": config.test_episodes,
+        "eval_batch_size": config.eval_batch_size,
+        "val_episodes": config.val_episodes,
+    }
+    for name, value in positive.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"config.{name} must be an int >= 1; got {value!r}")
+    if config.test_episodes < 2 or config.val_episodes < 2:
+        raise ValueError("config.test_episodes and config.val_episodes must be >= 2 (for a CI)")
+    if not config.maml.inner_lr > 0:
+        raise ValueError(f"config.maml.inner_lr must be > 0; got {config.maml.inner_lr}")
+    for name in ("num_inner_steps", "eval_num_inner_steps"):
+        value = config.maml[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"config.maml.{name} must be an int >= 0; got {value!r}")
+    if config.parallel not in PARALLEL_MODES:
+        raise ValueError(f"config.parallel={config.parallel!r} is not one of {PARALLEL_MODES}")
+    if config.nan_policy not in NAN_POLICIES:
+        raise ValueError(f"config.nan_policy={config.nan_policy!r} is not one of {NAN_POLICIES}")
+    if config.parallel == "sharded" and config.meta_batch_size % jax.device_count():
+        raise ValueError(
+            f"config.meta_batch_size={config.meta_batch_size} must be divisible by the "
+            f"{jax.device_count()} devices for parallel='sharded'"
+        )
 
 
 def _all_finite(tree) -> jax.Array:
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def make_train_step(config: ml_collections.ConfigDict, loss_fn: maml.LossFn,
-                    optimizer: optax.GradientTransformation):
-  """Builds the jitted ``step(state, data) -> (state, metrics)``.
+def make_train_step(
+    config: ml_collections.ConfigDict, loss_fn: maml.LossFn, optimizer: optax.GradientTransformation
+):
+    """Builds the jitted ``step(state, data) -> (state, metrics)``.
 
-  Samples ``meta_batch_size`` episodes on device, takes one MAML meta-step and skips the
-  update (keeping the old parameters) when the loss or gradient is not finite; the
-  metric ``finite`` tells the host which happened.
-  """
-  settings = maml.MetaStep(loss_fn, optimizer, config.maml.inner_lr, config.maml.num_inner_steps,
-                           config.maml.first_order, config.maml.remat)
-  sample = functools.partial(sample_episodes, batch_size=config.meta_batch_size, ways=config.ways,
-                             shots=config.shots, queries=config.queries)
-  constrain = lambda tree: tree
-  if config.parallel == "sharded":
-    by_task = NamedSharding(task_mesh(), P(TASK_AXIS))
-    constrain = lambda tree: jax.lax.with_sharding_constraint(tree, by_task)
+    Samples ``meta_batch_size`` episodes on device, takes one MAML meta-step and skips the
+    update (keeping the old parameters) when the loss or gradient is not finite; the
+    metric ``finite`` tells the host which happened.
+    """
+    settings = maml.MetaStep(
+        loss_fn,
+        optimizer,
+        config.maml.inner_lr,
+        config.maml.num_inner_steps,
+        config.maml.first_order,
+        config.maml.remat,
+    )
+    sample = functools.partial(
+        sample_episodes,
+        batch_size=config.meta_batch_size,
+        ways=config.ways,
+        shots=config.shots,
+        queries=config.queries,
+    )
+    constrain = lambda tree: tree
+    if config.parallel == "sharded":
+        by_task = NamedSharding(task_mesh(), P(TASK_AXIS))
+        constrain = lambda tree: jax.lax.with_sharding_constraint(tree, by_task)
 
-  def step(state: TrainState, data) -> tuple[TrainState, dict]:
-    key, sample_key = jax.random.split(state.key)
-    episodes = constrain(sample(sample_key, data))
-    grads, metrics = settings.grad(state.params, episodes)
-    params, opt_state = settings.apply(state.params, state.opt_state, grads)
-    finite = jnp.isfinite(metrics["loss"]) & _all_finite(grads)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-    new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
-                           opt_state=keep(opt_state, state.opt_state), key=key)
-    return new_state, dict(metrics, finite=finite)
+    def step(state: TrainState, data) -> tuple[TrainState, dict]:
+        key, sample_key = jax.random.split(state.key)
+        episodes = constrain(sample(sample_key, data))
+        grads, metrics = settings.grad(state.params, episodes)
+        params, opt_state = settings.apply(state.params, state.opt_state, grads)
+        finite = jnp.isfinite(metrics["loss"]) & _all_finite(grads)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        new_state = TrainState(
+            step=state.step + 1,
+            params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state),
+            key=key,
+        )
+        return new_state, dict(metrics, finite=finite)
 
-  if config.parallel == "sharded":
-    replicated = NamedSharding(task_mesh(), P())
-    return jax.jit(step, in_shardings=(replicated, replicated),
-                   out_shardings=(replicated, replicated), donate_argnums=(0,))
-  return jax.jit(step, donate_argnums=(0,))
+    if config.parallel == "sharded":
+        replicated = NamedSharding(task_mesh(), P())
+        return jax.jit(
+            step,
+            in_shardings=(replicated, replicated),
+            out_shardings=(replicated, replicated),
+            donate_argnums=(0,),
+        )
+    return jax.jit(step, donate_argnums=(0,))
 
 
 def init_state(config: ml_collections.ConfigDict, model, optimizer, example_input) -> TrainState:
-  """Initial state from ``config.seed``: parameters, optimizer state and sampler key."""
-  init_key, data_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  params = model.init(init_key, example_input)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                    key=data_key)
+    """Initial state from ``config.seed``: parameters, optimizer state and sampler key."""
+    init_key, data_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    params = model.init(init_key, example_input)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), key=data_key
+    )
 
 
 class _StopRequest:
-  """Turns SIGTERM/SIGINT into a flag the loop checks after each step."""
+    """Turns SIGTERM/SIGINT into a flag the loop checks after each step."""
 
-  def __init__(self):
-    self.signal = None
-    self._previous = {}
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
 
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      try:
-        self._previous[sig] = signal.signal(sig, self._handle)
-      except ValueError:  # not in the main thread: signals cannot be caught there
-        pass
-    return self
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread: signals cannot be caught there
+                pass
+        return self
 
-  def _handle(self, signum, frame):
-    self.signal = signal.Signals(signum).name
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
 
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _scalars(metrics: dict) -> dict:
-  return {k: float(v) for k, v in metrics.items() if k != "finite"}
+    return {k: float(v) for k, v in metrics.items() if k != "finite"}
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
-          *, progress: bool = True) -> dict:
-  """Meta-trains MAML as configured, resuming from ``workdir`` if it holds a checkpoint.
+def train(
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, progress: bool = True
+) -> dict:
+    """Meta-trains MAML as configured, resuming from ``workdir`` if it holds a checkpoint.
 
-  Writes into ``workdir``: ``config.json``, ``checkpoints/`` (orbax), ``metrics.jsonl``,
-  ``tensorboard/``, ``results.json`` (final test accuracy ± 95% CI) and
-  ``learning_curve.png``. Returns the results dict (``{"interrupted": signal}`` when stopped
-  by SIGTERM/SIGINT after a final checkpoint).
-  """
-  validate_config(config)
-  workdir = os.fspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2))
+    Writes into ``workdir``: ``config.json``, ``checkpoints/`` (orbax), ``metrics.jsonl``,
+    ``tensorboard/``, ``results.json`` (final test accuracy ± 95% CI) and
+    ``learning_curve.png``. Returns the results dict (``{"interrupted": signal}`` when stopped
+    by SIGTERM/SIGINT after a final checkpoint).
+    """
+    validate_config(config)
+    workdir = os.fspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json(indent=2))
 
-  splits = builders.load_splits(config)
-  for name in ("train", "val", "test"):
-    validate_episode_spec(*classes_and_examples(splits[name]), ways=config.ways,
-                          shots=config.shots, queries=config.queries)
-  model = builders.build_model(config)
-  optimizer = builders.build_optimizer(config)
-  loss_fn = maml.classification_loss(model.apply)
-  state = init_state(config, model, optimizer, splits["train"][0, : config.shots * config.ways])
-  checkpointer = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
-  if checkpointer.latest_step() is not None:
-    state = checkpointer.restore(state)
-    print(f"Resumed from {checkpointer.directory} at step {int(state.step)}")
-  step_fn = make_train_step(config, loss_fn, optimizer)
-  evaluate = functools.partial(
-      evaluate_maml, loss_fn=loss_fn, ways=config.ways, shots=config.shots,
-      queries=config.queries, inner_lr=config.maml.inner_lr,
-      num_steps=config.maml.eval_num_inner_steps, batch_size=config.eval_batch_size)
-  eval_key = jax.random.PRNGKey(config.seed + 1)
+    splits = builders.load_splits(config)
+    for name in ("train", "val", "test"):
+        validate_episode_spec(
+            *classes_and_examples(splits[name]),
+            ways=config.ways,
+            shots=config.shots,
+            queries=config.queries,
+        )
+    model = builders.build_model(config)
+    optimizer = builders.build_optimizer(config)
+    loss_fn = maml.classification_loss(model.apply)
+    state = init_state(config, model, optimizer, splits["train"][0, : config.shots * config.ways])
+    checkpointer = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
+    if checkpointer.latest_step() is not None:
+        state = checkpointer.restore(state)
+        print(f"Resumed from {checkpointer.directory} at step {int(state.step)}")
+    step_fn = make_train_step(config, loss_fn, optimizer)
+    evaluate = functools.partial(
+        evaluate_maml,
+        loss_fn=loss_fn,
+        ways=config.ways,
+        shots=config.shots,
+        queries=config.queries,
+        inner_lr=config.maml.inner_lr,
+        num_steps=config.maml.eval_num_inner_steps,
+        batch_size=config.eval_batch_size,
+    )
+    eval_key = jax.random.PRNGKey(config.seed + 1)
 
-  writer = MetricsWriter(workdir)
-  start = int(state.step)
-  window: list[dict] = []
-  last_saved = checkpointer.latest_step()
-  skipped = 0
-  bar = tqdm(total=config.num_steps, initial=start, desc="meta-train", disable=not progress,
-             dynamic_ncols=True)
-  try:
-    with _StopRequest() as stop:
-      for step in range(start + 1, config.num_steps + 1):
-        t0 = time.perf_counter()
-        state, metrics = step_fn(state, splits["train"])
-        metrics = jax.device_get(metrics)
-        if not metrics["finite"]:
-          if config.nan_policy == "stop":
-            kept = (f"The last good checkpoint (step {last_saved}) in {checkpointer.directory} "
-                    "is kept" if last_saved is not None else "No checkpoint had been saved yet")
-            raise NonFiniteLossError(
-                f"non-finite meta-loss ({metrics['loss']}) or gradient at step {step}; stopping. "
-                f"{kept}; lower optimizer.learning_rate or maml.inner_lr, or set "
-                "nan_policy='skip'.")
-          skipped += 1
-          tqdm.write(f"step {step}: non-finite meta-loss, update skipped ({skipped} so far)")
-        else:
-          window.append(dict(_scalars(metrics), step_time=time.perf_counter() - t0))
-        bar.update(1)
-        if window and (step % config.log_every == 0 or step == config.num_steps):
-          mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-          mean["tasks_per_second"] = config.meta_batch_size / mean.pop("step_time")
-          writer.write(step, "train", mean)
-          bar.set_postfix(loss=f"{mean['loss']:.3f}", acc=f"{mean['accuracy']:.3f}")
-          window = []
-        if step % config.eval_every == 0:
-          val = evaluate(state.params, splits["val"], eval_key, num_episodes=config.val_episodes)
-          writer.write(step, "val", {k: v for k, v in val.items() if np.ndim(v) == 0})
-          tqdm.write(f"step {step}: val accuracy {val['accuracy']:.3f} ± {val['accuracy_ci95']:.3f}")
-        if step % config.checkpoint_every == 0 or step == config.num_steps:
-          checkpointer.save(step, state)
-          last_saved = step
-        if stop.signal:
-          if last_saved != step:
-            checkpointer.save(step, state)
-          tqdm.write(f"{stop.signal} received: checkpoint saved at step {step}; "
-                     "run the same command again to resume.")
-          return {"interrupted": stop.signal, "step": step}
-  finally:
-    bar.close()
-    writer.close()
-    checkpointer.close()
+    writer = MetricsWriter(workdir)
+    start = int(state.step)
+    window: list[dict] = []
+    last_saved = checkpointer.latest_step()
+    skipped = 0
+    bar = tqdm(
+        total=config.num_steps,
+        initial=start,
+        desc="meta-train",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    try:
+        with _StopRequest() as stop:
+            for step in range(start + 1, config.num_steps + 1):
+                t0 = time.perf_counter()
+                state, metrics = step_fn(state, splits["train"])
+                metrics = jax.device_get(metrics)
+                if not metrics["finite"]:
+                    if config.nan_policy == "stop":
+                        kept = (
+                            f"The last good checkpoint (step {last_saved}) in {checkpointer.directory} "
+                            "is kept"
+                            if last_saved is not None
+                            else "No checkpoint had been saved yet"
+                        )
+                        raise NonFiniteLossError(
+                            f"non-finite meta-loss ({metrics['loss']}) or gradient at step {step}; stopping. "
+                            f"{kept}; lower optimizer.learning_rate or maml.inner_lr, or set "
+                            "nan_policy='skip'."
+                        )
+                    skipped += 1
+                    tqdm.write(
+                        f"step {step}: non-finite meta-loss, update skipped ({skipped} so far)"
+                    )
+                else:
+                    window.append(dict(_scalars(metrics), step_time=time.perf_counter() - t0))
+                bar.update(1)
+                if window and (step % config.log_every == 0 or step == config.num_steps):
+                    mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                    mean["tasks_per_second"] = config.meta_batch_size / mean.pop("step_time")
+                    writer.write(step, "train", mean)
+                    bar.set_postfix(loss=f"{mean['loss']:.3f}", acc=f"{mean['accuracy']:.3f}")
+                    window = []
+                if step % config.eval_every == 0:
+                    val = evaluate(
+                        state.params, splits["val"], eval_key, num_episodes=config.val_episodes
+                    )
+                    writer.write(step, "val", {k: v for k, v in val.items() if np.ndim(v) == 0})
+                    tqdm.write(
+                        f"step {step}: val accuracy {val['accuracy']:.3f} ± {val['accuracy_ci95']:.3f}"
+                    )
+                if step % config.checkpoint_every == 0 or step == config.num_steps:
+                    checkpointer.save(step, state)
+                    last_saved = step
+                if stop.signal:
+                    if last_saved != step:
+                        checkpointer.save(step, state)
+                    tqdm.write(
+                        f"{stop.signal} received: checkpoint saved at step {step}; "
+                        "run the same command again to resume."
+                    )
+                    return {"interrupted": stop.signal, "step": step}
+    finally:
+        bar.close()
+        writer.close()
+        checkpointer.close()
 
-  test = evaluate(state.params, splits["test"], jax.random.PRNGKey(config.seed + 2),
-                  num_episodes=config.test_episodes, progress=progress)
-  results = {
-      "test_accuracy": test["accuracy"], "test_accuracy_ci95": test["accuracy_ci95"],
-      "test_loss": test["loss"], "test_episodes": test["num_episodes"],
-      "steps": int(state.step), "skipped_steps": skipped,
-      "ways": config.ways, "shots": config.shots,
-      "first_order": bool(config.maml.first_order),
-  }
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  plot_learning_curve(os.path.join(workdir, "metrics.jsonl"),
-                      os.path.join(workdir, "learning_curve.png"),
-                      title=f"MAML {config.ways}-way {config.shots}-shot "
-                            f"({'first' if config.maml.first_order else 'second'} order)")
-  print(f"test accuracy {100 * test['accuracy']:.2f}% ± {100 * test['accuracy_ci95']:.2f}% "
-        f"(95% CI, {test['num_episodes']} episodes of {config.ways}-way {config.shots}-shot)")
-  return results
+    test = evaluate(
+        state.params,
+        splits["test"],
+        jax.random.PRNGKey(config.seed + 2),
+        num_episodes=config.test_episodes,
+        progress=progress,
+    )
+    results = {
+        "test_accuracy": test["accuracy"],
+        "test_accuracy_ci95": test["accuracy_ci95"],
+        "test_loss": test["loss"],
+        "test_episodes": test["num_episodes"],
+        "steps": int(state.step),
+        "skipped_steps": skipped,
+        "ways": config.ways,
+        "shots": config.shots,
+        "first_order": bool(config.maml.first_order),
+    }
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    plot_learning_curve(
+        os.path.join(workdir, "metrics.jsonl"),
+        os.path.join(workdir, "learning_curve.png"),
+        title=f"MAML {config.ways}-way {config.shots}-shot "
+        f"({'first' if config.maml.first_order else 'second'} order)",
+    )
+    print(
+        f"test accuracy {100 * test['accuracy']:.2f}% ± {100 * test['accuracy_ci95']:.2f}% "
+        f"(95% CI, {test['num_episodes']} episodes of {config.ways}-way {config.shots}-shot)"
+    )
+    return results

@@ -37,8 +37,9 @@ def _check_episode(episode, ways, shots, queries):
     chex.assert_shape(episode.support_labels, (ways * shots,))
     chex.assert_shape(episode.query_labels, (ways * queries,))
     assert episode.support_labels.dtype == jnp.int32 and episode.query_labels.dtype == jnp.int32
-    support_labels, query_labels = np.asarray(episode.support_labels), np.asarray(
-        episode.query_labels
+    support_labels, query_labels = (
+        np.asarray(episode.support_labels),
+        np.asarray(episode.query_labels),
     )
     np.testing.assert_array_equal(np.bincount(support_labels, minlength=ways), [shots] * ways)
     np.testing.assert_array_equal(np.bincount(query_labels, minlength=ways), [queries] * ways)

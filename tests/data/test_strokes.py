@@ -21,9 +21,10 @@ def cache(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def zips():
-    with zipfile.ZipFile(archives.archive_path(f"images_{SUBSET}")) as images, zipfile.ZipFile(
-        archives.archive_path(f"strokes_{SUBSET}")
-    ) as stroke_files:
+    with (
+        zipfile.ZipFile(archives.archive_path(f"images_{SUBSET}")) as images,
+        zipfile.ZipFile(archives.archive_path(f"strokes_{SUBSET}")) as stroke_files,
+    ):
         yield images, stroke_files
 
 

@@ -1,4 +1,5 @@
 """pmap and jit-with-shardings meta-steps equal the single-device step on 8 host devices."""
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -15,44 +16,52 @@ BATCH = 16
 
 @pytest.fixture(scope="module")
 def setup():
-  if jax.device_count() < 8:
-    pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
-  model, params = _model_and_params()
-  loss_fn = maml.classification_loss(model.apply)
-  optimizer = optax.adam(1e-2)
-  episodes = _episodes(jax.random.key(11), BATCH)
-  kwargs = dict(inner_lr=0.4, num_steps=2)
-  single = maml.make_meta_train_step(loss_fn, optimizer, jit=True, **kwargs)
-  want = single(jax.tree.map(jnp.copy, params), optimizer.init(params), episodes)
-  return loss_fn, optimizer, params, episodes, kwargs, want
+    if jax.device_count() < 8:
+        pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
+    model, params = _model_and_params()
+    loss_fn = maml.classification_loss(model.apply)
+    optimizer = optax.adam(1e-2)
+    episodes = _episodes(jax.random.key(11), BATCH)
+    kwargs = dict(inner_lr=0.4, num_steps=2)
+    single = maml.make_meta_train_step(loss_fn, optimizer, jit=True, **kwargs)
+    want = single(jax.tree.map(jnp.copy, params), optimizer.init(params), episodes)
+    return loss_fn, optimizer, params, episodes, kwargs, want
 
 
 def test_pmap_step_equals_single_device(setup):
-  loss_fn, optimizer, params, episodes, kwargs, (want_params, _, want_metrics) = setup
-  step = parallel.make_pmap_meta_train_step(loss_fn, optimizer, **kwargs)
-  new_params, _, metrics = step(jax_utils.replicate(params),
-                                jax_utils.replicate(optimizer.init(params)),
-                                parallel.shard_for_pmap(episodes, 8))
-  for d in range(8):  # every device holds the same, correct update
-    chex.assert_trees_all_close(jax.tree.map(lambda x: x[d], new_params), want_params,
-                                rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(metrics["loss"][0], want_metrics["loss"], rtol=1e-5)
+    loss_fn, optimizer, params, episodes, kwargs, (want_params, _, want_metrics) = setup
+    step = parallel.make_pmap_meta_train_step(loss_fn, optimizer, **kwargs)
+    new_params, _, metrics = step(
+        jax_utils.replicate(params),
+        jax_utils.replicate(optimizer.init(params)),
+        parallel.shard_for_pmap(episodes, 8),
+    )
+    for d in range(8):  # every device holds the same, correct update
+        chex.assert_trees_all_close(
+            jax.tree.map(lambda x: x[d], new_params), want_params, rtol=1e-5, atol=1e-6
+        )
+    np.testing.assert_allclose(metrics["loss"][0], want_metrics["loss"], rtol=1e-5)
 
 
 def test_sharded_step_equals_single_device(setup):
-  loss_fn, optimizer, params, episodes, kwargs, (want_params, _, want_metrics) = setup
-  step, place_episodes, place_replicated = parallel.make_sharded_meta_train_step(
-      loss_fn, optimizer, **kwargs)
-  placed = place_episodes(episodes)
-  assert len(placed.support_inputs.sharding.device_set) == 8
-  chex.assert_shape(placed.support_inputs.addressable_shards[0].data, (BATCH // 8,) + episodes.support_inputs.shape[1:])
-  new_params, _, metrics = step(place_replicated(params),
-                                place_replicated(optimizer.init(params)), placed)
-  chex.assert_trees_all_close(new_params, want_params, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(metrics["loss"], want_metrics["loss"], rtol=1e-5)
+    loss_fn, optimizer, params, episodes, kwargs, (want_params, _, want_metrics) = setup
+    step, place_episodes, place_replicated = parallel.make_sharded_meta_train_step(
+        loss_fn, optimizer, **kwargs
+    )
+    placed = place_episodes(episodes)
+    assert len(placed.support_inputs.sharding.device_set) == 8
+    chex.assert_shape(
+        placed.support_inputs.addressable_shards[0].data,
+        (BATCH // 8,) + episodes.support_inputs.shape[1:],
+    )
+    new_params, _, metrics = step(
+        place_replicated(params), place_replicated(optimizer.init(params)), placed
+    )
+    chex.assert_trees_all_close(new_params, want_params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(metrics["loss"], want_metrics["loss"], rtol=1e-5)
 
 
 def test_batch_not_divisible_by_devices_is_an_error(setup):
-  *_, episodes, _, _ = setup
-  with pytest.raises(ValueError, match="meta batch size 12 is not divisible by the 8 devices"):
-    parallel.shard_for_pmap(jax.tree.map(lambda x: x[:12], episodes), 8)
+    *_, episodes, _, _ = setup
+    with pytest.raises(ValueError, match="meta batch size 12 is not divisible by the 8 devices"):
+        parallel.shard_for_pmap(jax.tree.map(lambda x: x[:12], episodes), 8)

@@ -1,4 +1,5 @@
 """Conv-4: the im2col convolution equals lax.conv, also vmapped over per-task kernels."""
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -11,51 +12,59 @@ from mmjax.nn import conv
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("size", [28, 7, 4, 2])
 def test_im2col_equals_lax_conv(stride, size):
-  kx, kk = jax.random.split(jax.random.key(size * 10 + stride))
-  x = jax.random.normal(kx, (3, size, size, 5))
-  kernel = jax.random.normal(kk, (3, 3, 5, 7))
-  chex.assert_trees_all_close(conv.conv2d_im2col(x, kernel, stride=stride),
-                              conv.conv2d_lax(x, kernel, stride=stride), atol=1e-5, rtol=1e-5)
+    kx, kk = jax.random.split(jax.random.key(size * 10 + stride))
+    x = jax.random.normal(kx, (3, size, size, 5))
+    kernel = jax.random.normal(kk, (3, 3, 5, 7))
+    chex.assert_trees_all_close(
+        conv.conv2d_im2col(x, kernel, stride=stride),
+        conv.conv2d_lax(x, kernel, stride=stride),
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 def test_im2col_equals_lax_conv_under_vmap_with_per_task_kernels():
-  kx, kk = jax.random.split(jax.random.key(0))
-  x = jax.random.normal(kx, (4, 6, 14, 14, 3))
-  kernels = jax.random.normal(kk, (4, 3, 3, 3, 8))
-  a = jax.vmap(lambda xi, ki: conv.conv2d_im2col(xi, ki, stride=2))(x, kernels)
-  b = jax.vmap(lambda xi, ki: conv.conv2d_lax(xi, ki, stride=2))(x, kernels)
-  chex.assert_shape(a, (4, 6, 7, 7, 8))
-  chex.assert_trees_all_close(a, b, atol=1e-5, rtol=1e-5)
+    kx, kk = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(kx, (4, 6, 14, 14, 3))
+    kernels = jax.random.normal(kk, (4, 3, 3, 3, 8))
+    a = jax.vmap(lambda xi, ki: conv.conv2d_im2col(xi, ki, stride=2))(x, kernels)
+    b = jax.vmap(lambda xi, ki: conv.conv2d_lax(xi, ki, stride=2))(x, kernels)
+    chex.assert_shape(a, (4, 6, 7, 7, 8))
+    chex.assert_trees_all_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("pool, features", [("stride", 16), ("max", 8)])
 def test_conv4_shapes_and_formulations_agree(pool, features):
-  x = jax.random.uniform(jax.random.key(1), (10, 28, 28, 1))
-  model_a = conv.Conv4(features=features, pool=pool, conv_impl="im2col")
-  model_b = conv.Conv4(features=features, pool=pool, conv_impl="lax")
-  params = model_a.init(jax.random.key(2), x)
-  out = model_a.apply(params, x)
-  chex.assert_shape(out, (10, features))
-  chex.assert_trees_all_close(out, model_b.apply(params, x), atol=1e-5, rtol=1e-5)
-  assert set(params["params"]) == {f"{n}_{i}" for n in ("Conv2D", "BatchStatNorm") for i in range(4)}
+    x = jax.random.uniform(jax.random.key(1), (10, 28, 28, 1))
+    model_a = conv.Conv4(features=features, pool=pool, conv_impl="im2col")
+    model_b = conv.Conv4(features=features, pool=pool, conv_impl="lax")
+    params = model_a.init(jax.random.key(2), x)
+    out = model_a.apply(params, x)
+    chex.assert_shape(out, (10, features))
+    chex.assert_trees_all_close(out, model_b.apply(params, x), atol=1e-5, rtol=1e-5)
+    assert set(params["params"]) == {
+        f"{n}_{i}" for n in ("Conv2D", "BatchStatNorm") for i in range(4)
+    }
 
 
 def test_batch_stat_norm_uses_batch_statistics():
-  x = 3.0 + 2.0 * jax.random.normal(jax.random.key(3), (16, 5, 5, 4))
-  norm = conv.BatchStatNorm()
-  y = norm.apply(norm.init(jax.random.key(0), x), x)
-  np.testing.assert_allclose(np.mean(y, axis=(0, 1, 2)), 0.0, atol=1e-5)
-  np.testing.assert_allclose(np.std(y, axis=(0, 1, 2)), 1.0, atol=1e-3)
+    x = 3.0 + 2.0 * jax.random.normal(jax.random.key(3), (16, 5, 5, 4))
+    norm = conv.BatchStatNorm()
+    y = norm.apply(norm.init(jax.random.key(0), x), x)
+    np.testing.assert_allclose(np.mean(y, axis=(0, 1, 2)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(np.std(y, axis=(0, 1, 2)), 1.0, atol=1e-3)
 
 
 def test_bad_input_errors():
-  with pytest.raises(ValueError, match=r"x must be \[batch, height, width, channels\]; got shape \(28, 28\)"):
-    conv.Conv4().init(jax.random.key(0), jnp.zeros((28, 28)))
-  with pytest.raises(ValueError, match="conv_impl='fft' is not one of"):
-    conv.resolve_conv_impl("fft")
-  with pytest.raises(ValueError, match="pool='avg'"):
-    conv.Conv4(pool="avg").init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    with pytest.raises(
+        ValueError, match=r"x must be \[batch, height, width, channels\]; got shape \(28, 28\)"
+    ):
+        conv.Conv4().init(jax.random.key(0), jnp.zeros((28, 28)))
+    with pytest.raises(ValueError, match="conv_impl='fft' is not one of"):
+        conv.resolve_conv_impl("fft")
+    with pytest.raises(ValueError, match="pool='avg'"):
+        conv.Conv4(pool="avg").init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
 
 
 def test_auto_is_im2col_on_cpu():
-  assert conv.resolve_conv_impl("auto") == ("im2col" if jax.default_backend() == "cpu" else "lax")
+    assert conv.resolve_conv_impl("auto") == ("im2col" if jax.default_backend() == "cpu" else "lax")
