@@ -1,1 +1,64 @@
-"""mmjax: multimodal few-shot meta-learning in JAX."""
+"""mmjax: multimodal few-shot meta-learning in JAX.
+
+Public API, re-exported from the subpackages: ``mmjax.data`` (Omniglot images and pen
+strokes, on-device episodes), ``mmjax.nn`` (encoders), ``mmjax.fusion`` (fusion layers with
+modality masks), ``mmjax.meta`` (MAML and other meta-learners), ``mmjax.train`` (trainer,
+evaluation, checkpoints) and ``mmjax.configs``.
+"""
+
+from mmjax import configs, data, fusion, meta, nn, train
+from mmjax.configs import apply_overrides, available_configs, get_config
+from mmjax.data import Episode, omniglot_splits, sample_episode, sample_episodes
+from mmjax.fusion import make_fusion
+from mmjax.meta import (
+    MetaLearner,
+    adapt,
+    classification_loss,
+    make_learner,
+    make_meta_train_step,
+    make_pmap_meta_train_step,
+    make_sharded_meta_train_step,
+    maml_learner,
+    meta_grad,
+    meta_loss,
+    task_loss,
+)
+from mmjax.nn import MLP, Classifier, Conv4, StrokeEncoder
+from mmjax.train import confidence_interval, evaluate_checkpoint, evaluate_learner
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Classifier",
+    "Conv4",
+    "Episode",
+    "MLP",
+    "MetaLearner",
+    "StrokeEncoder",
+    "adapt",
+    "apply_overrides",
+    "available_configs",
+    "classification_loss",
+    "configs",
+    "confidence_interval",
+    "data",
+    "evaluate_checkpoint",
+    "evaluate_learner",
+    "fusion",
+    "get_config",
+    "make_fusion",
+    "make_learner",
+    "make_meta_train_step",
+    "make_pmap_meta_train_step",
+    "make_sharded_meta_train_step",
+    "maml_learner",
+    "meta",
+    "meta_grad",
+    "meta_loss",
+    "nn",
+    "omniglot_splits",
+    "sample_episode",
+    "sample_episodes",
+    "task_loss",
+    "train",
+]

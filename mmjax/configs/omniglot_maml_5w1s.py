@@ -34,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.shots = 1
     config.queries = 15
     config.meta_batch_size = 32
+    config.algorithm = "maml"  # see mmjax.meta.available_learners(); settings in config.<algorithm>
     config.maml = ml_collections.ConfigDict(
         dict(
             inner_lr=0.4, num_inner_steps=1, eval_num_inner_steps=3, first_order=False, remat=False

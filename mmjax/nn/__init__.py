@@ -1,0 +1,18 @@
+"""Encoders: Conv-4 (vmap-friendly convolution), MLP, stroke-sequence encoders, classifier."""
+
+from mmjax.nn.classifier import Classifier
+from mmjax.nn.conv import BatchStatNorm, Conv2D, Conv4, conv2d_im2col, conv2d_lax, resolve_conv_impl
+from mmjax.nn.mlp import MLP
+from mmjax.nn.sequence import StrokeEncoder
+
+__all__ = [
+    "BatchStatNorm",
+    "Classifier",
+    "Conv2D",
+    "Conv4",
+    "MLP",
+    "StrokeEncoder",
+    "conv2d_im2col",
+    "conv2d_lax",
+    "resolve_conv_impl",
+]

@@ -6,6 +6,7 @@ import ml_collections
 import optax
 
 from mmjax.data import load_tfds_classes, omniglot_splits, select_classes, to_device
+from mmjax.meta.learner import MetaLearner, make_learner
 from mmjax.nn.classifier import Classifier
 from mmjax.nn.conv import Conv4
 from mmjax.nn.mlp import MLP
@@ -82,3 +83,14 @@ def load_splits(config: ml_collections.ConfigDict) -> dict:
         }
         return {name: to_device(select_classes(data, list(r))) for name, r in bounds.items()}
     raise ValueError(f"data.name={d.name!r} is not 'omniglot' or 'tfds:<dataset>'")
+
+
+def build_learner(config: ml_collections.ConfigDict, model) -> MetaLearner:
+    """The algorithm ``config.algorithm`` with the settings in ``config.<algorithm>``."""
+    name = config.get("algorithm", "maml")
+    settings = config.get(name)
+    settings = {} if settings is None else settings.to_dict()
+    try:
+        return make_learner(name, model, **settings)
+    except (ValueError, TypeError) as error:
+        raise type(error)(f"config.{name}: {error}") from None

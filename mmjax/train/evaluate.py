@@ -11,7 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mmjax.data.episodes import sample_episodes, validate_episode_spec, classes_and_examples
-from mmjax.meta import maml
+from mmjax.meta.learner import MetaLearner, Params
 
 
 def confidence_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
@@ -25,42 +25,33 @@ def confidence_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[f
     return float(values.mean()), float(z * values.std(ddof=1) / math.sqrt(values.size))
 
 
-@functools.partial(
-    jax.jit, static_argnames=("loss_fn", "batch_size", "ways", "shots", "queries", "num_steps")
-)
-def _evaluate_batch(
-    params, data, key, *, loss_fn, batch_size, ways, shots, queries, inner_lr, num_steps
-):
+@functools.partial(jax.jit, static_argnames=("learner", "batch_size", "ways", "shots", "queries"))
+def _evaluate_batch(learner, params, data, key, *, batch_size, ways, shots, queries):
     episodes = sample_episodes(
         key, data, batch_size=batch_size, ways=ways, shots=shots, queries=queries
     )
-    per_task = functools.partial(
-        maml.task_loss, loss_fn=loss_fn, inner_lr=inner_lr, num_steps=num_steps
-    )
-    _, metrics = jax.vmap(per_task, in_axes=(None, 0))(params, episodes)
-    return metrics
+    return learner.evaluate(params, episodes)
 
 
-def evaluate_maml(
-    params: maml.Params,
+def evaluate_learner(
+    learner: MetaLearner,
+    params: Params,
     data: chex.ArrayTree,
     key: chex.PRNGKey,
     *,
-    loss_fn: maml.LossFn,
     ways: int,
     shots: int,
     queries: int,
-    inner_lr: float,
-    num_steps: int,
     num_episodes: int = 600,
     batch_size: int = 50,
     progress: bool = False,
 ) -> dict:
-    """Adapts to ``num_episodes`` sampled test episodes and scores the query sets.
+    """Adapts to ``num_episodes`` sampled test episodes and scores their query sets.
 
     Args:
+      learner: the algorithm (its ``evaluate`` adapts and scores a batch of episodes).
       params: meta-parameters.
-      data: device pytree, leaves ``[classes, examples, ...]`` (the test split).
+      data: device pytree, leaves ``[classes, examples, ...]`` (e.g. the test split).
       key: PRNG key for episode sampling (same key, same episodes).
       num_episodes: number of episodes (>= 2); sampled in ``vmap``-ed batches.
 
@@ -76,20 +67,17 @@ def evaluate_maml(
     batch_size = min(batch_size, num_episodes)
     num_batches = -(-num_episodes // batch_size)
     accuracies, losses = [], []
-    for key_batch in tqdm(
-        jax.random.split(key, num_batches), desc="evaluate", leave=False, disable=not progress
-    ):
+    keys = jax.random.split(key, num_batches)
+    for key_batch in tqdm(keys, desc="evaluate", leave=False, disable=not progress):
         metrics = _evaluate_batch(
+            learner,
             params,
             data,
             key_batch,
-            loss_fn=loss_fn,
             batch_size=batch_size,
             ways=ways,
             shots=shots,
             queries=queries,
-            inner_lr=inner_lr,
-            num_steps=num_steps,
         )
         accuracies.append(np.asarray(metrics["accuracy"]))
         losses.append(np.asarray(metrics["loss"]))

@@ -26,11 +26,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from mmjax.data.episodes import classes_and_examples, sample_episodes, validate_episode_spec
-from mmjax.meta import maml
+from mmjax.meta.learner import MetaLearner
 from mmjax.meta.parallel import TASK_AXIS, task_mesh
 from mmjax.train import builders
 from mmjax.train.checkpoint import Checkpointer
-from mmjax.train.evaluate import evaluate_maml
+from mmjax.train.evaluate import evaluate_learner
 from mmjax.train.logging import MetricsWriter, plot_learning_curve
 
 PARALLEL_MODES = ("none", "sharded")
@@ -71,12 +71,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.{name} must be an int >= 1; got {value!r}")
     if config.test_episodes < 2 or config.val_episodes < 2:
         raise ValueError("config.test_episodes and config.val_episodes must be >= 2 (for a CI)")
-    if not config.maml.inner_lr > 0:
-        raise ValueError(f"config.maml.inner_lr must be > 0; got {config.maml.inner_lr}")
-    for name in ("num_inner_steps", "eval_num_inner_steps"):
-        value = config.maml[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"config.maml.{name} must be an int >= 0; got {value!r}")
     if config.parallel not in PARALLEL_MODES:
         raise ValueError(f"config.parallel={config.parallel!r} is not one of {PARALLEL_MODES}")
     if config.nan_policy not in NAN_POLICIES:
@@ -93,22 +87,16 @@ def _all_finite(tree) -> jax.Array:
 
 
 def make_train_step(
-    config: ml_collections.ConfigDict, loss_fn: maml.LossFn, optimizer: optax.GradientTransformation
+    config: ml_collections.ConfigDict,
+    learner: MetaLearner,
+    optimizer: optax.GradientTransformation,
 ):
     """Builds the jitted ``step(state, data) -> (state, metrics)``.
 
-    Samples ``meta_batch_size`` episodes on device, takes one MAML meta-step and skips the
-    update (keeping the old parameters) when the loss or gradient is not finite; the
-    metric ``finite`` tells the host which happened.
+    Samples ``meta_batch_size`` episodes on device, takes one meta-step of ``learner`` and
+    skips the update (keeping the old parameters) when the loss or gradient is not finite;
+    the metric ``finite`` tells the host which happened.
     """
-    settings = maml.MetaStep(
-        loss_fn,
-        optimizer,
-        config.maml.inner_lr,
-        config.maml.num_inner_steps,
-        config.maml.first_order,
-        config.maml.remat,
-    )
     sample = functools.partial(
         sample_episodes,
         batch_size=config.meta_batch_size,
@@ -124,8 +112,9 @@ def make_train_step(
     def step(state: TrainState, data) -> tuple[TrainState, dict]:
         key, sample_key = jax.random.split(state.key)
         episodes = constrain(sample(sample_key, data))
-        grads, metrics = settings.grad(state.params, episodes)
-        params, opt_state = settings.apply(state.params, state.opt_state, grads)
+        grads, metrics = learner.meta_grad(state.params, episodes)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(metrics["loss"]) & _all_finite(grads)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
         new_state = TrainState(
@@ -147,13 +136,37 @@ def make_train_step(
     return jax.jit(step, donate_argnums=(0,))
 
 
-def init_state(config: ml_collections.ConfigDict, model, optimizer, example_input) -> TrainState:
+def init_state(
+    config: ml_collections.ConfigDict, learner: MetaLearner, optimizer, example_input
+) -> TrainState:
     """Initial state from ``config.seed``: parameters, optimizer state and sampler key."""
     init_key, data_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    params = model.init(init_key, example_input)
+    params = learner.init(init_key, example_input)
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), key=data_key
     )
+
+
+def build_run(config: ml_collections.ConfigDict):
+    """Data splits, learner, optimizer and initial state of a run (before any restore).
+
+    Returns:
+      ``(splits, learner, optimizer, state)`` with ``splits`` the device pytrees
+      ``{'train', 'val', 'test'}`` (leaves ``[classes, examples, ...]``).
+    """
+    validate_config(config)
+    splits = builders.load_splits(config)
+    for name in ("train", "val", "test"):
+        validate_episode_spec(
+            *classes_and_examples(splits[name]),
+            ways=config.ways,
+            shots=config.shots,
+            queries=config.queries,
+        )
+    learner = builders.build_learner(config, builders.build_model(config))
+    optimizer = builders.build_optimizer(config)
+    example = jax.tree.map(lambda x: x[0, : config.shots * config.ways], splits["train"])
+    return splits, learner, optimizer, init_state(config, learner, optimizer, example)
 
 
 class _StopRequest:
@@ -186,7 +199,7 @@ def _scalars(metrics: dict) -> dict:
 def train(
     config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, progress: bool = True
 ) -> dict:
-    """Meta-trains MAML as configured, resuming from ``workdir`` if it holds a checkpoint.
+    """Meta-trains ``config.algorithm`` as configured, resuming from ``workdir`` if it holds a checkpoint.
 
     Writes into ``workdir``: ``config.json``, ``checkpoints/`` (orbax), ``metrics.jsonl``,
     ``tensorboard/``, ``results.json`` (final test accuracy ± 95% CI) and
@@ -199,31 +212,18 @@ def train(
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json(indent=2))
 
-    splits = builders.load_splits(config)
-    for name in ("train", "val", "test"):
-        validate_episode_spec(
-            *classes_and_examples(splits[name]),
-            ways=config.ways,
-            shots=config.shots,
-            queries=config.queries,
-        )
-    model = builders.build_model(config)
-    optimizer = builders.build_optimizer(config)
-    loss_fn = maml.classification_loss(model.apply)
-    state = init_state(config, model, optimizer, splits["train"][0, : config.shots * config.ways])
+    splits, learner, optimizer, state = build_run(config)
     checkpointer = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(state)
         print(f"Resumed from {checkpointer.directory} at step {int(state.step)}")
-    step_fn = make_train_step(config, loss_fn, optimizer)
+    step_fn = make_train_step(config, learner, optimizer)
     evaluate = functools.partial(
-        evaluate_maml,
-        loss_fn=loss_fn,
+        evaluate_learner,
+        learner,
         ways=config.ways,
         shots=config.shots,
         queries=config.queries,
-        inner_lr=config.maml.inner_lr,
-        num_steps=config.maml.eval_num_inner_steps,
         batch_size=config.eval_batch_size,
     )
     eval_key = jax.random.PRNGKey(config.seed + 1)
@@ -256,7 +256,7 @@ def train(
                         )
                         raise NonFiniteLossError(
                             f"non-finite meta-loss ({metrics['loss']}) or gradient at step {step}; stopping. "
-                            f"{kept}; lower optimizer.learning_rate or maml.inner_lr, or set "
+                            f"{kept}; lower the learning rates, or set "
                             "nan_policy='skip'."
                         )
                     skipped += 1
@@ -312,15 +312,14 @@ def train(
         "skipped_steps": skipped,
         "ways": config.ways,
         "shots": config.shots,
-        "first_order": bool(config.maml.first_order),
+        "algorithm": learner.name,
     }
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     plot_learning_curve(
         os.path.join(workdir, "metrics.jsonl"),
         os.path.join(workdir, "learning_curve.png"),
-        title=f"MAML {config.ways}-way {config.shots}-shot "
-        f"({'first' if config.maml.first_order else 'second'} order)",
+        title=f"{learner.name.upper()} {config.ways}-way {config.shots}-shot",
     )
     print(
         f"test accuracy {100 * test['accuracy']:.2f}% ± {100 * test['accuracy_ci95']:.2f}% "

@@ -1,6 +1,5 @@
 """MAML: meta-gradients against finite differences and hand-written oracles."""
 
-
 import chex
 import jax
 import jax.numpy as jnp
