@@ -6,7 +6,7 @@ import ml_collections
 import optax
 
 from mmjax.data import load_tfds_classes, omniglot_splits, select_classes, to_device
-from mmjax.meta.learner import MetaLearner, make_learner
+from mmjax.meta import MetaLearner, make_learner
 from mmjax.nn.classifier import Classifier
 from mmjax.nn.conv import Conv4
 from mmjax.nn.mlp import MLP
