@@ -9,6 +9,11 @@ FLOP count from ``cost_analysis()``.
   python benchmarks/maml_step.py                       # Conv-4, 5-way 1-shot, batch 32
   python benchmarks/maml_step.py --inner_steps 1 5 --remat both --markdown
   python benchmarks/maml_step.py --smoke               # tiny, for the test suite
+  python benchmarks/maml_step.py --l2l_python /path/to/venv/bin/python   # + learn2learn
+
+With ``--l2l_python`` (or when torch and learn2learn import in this interpreter), every
+configuration is also timed with learn2learn's MAML + OmniglotCNN on identical shapes
+(``benchmarks/l2l_reference.py``) and the speed ratio is reported.
 """
 
 from __future__ import annotations
@@ -101,12 +106,44 @@ def _run(spec: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _run_l2l(python: str, spec: dict) -> dict:
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "l2l_reference.py")
+    flags = []
+    for name in (
+        "order",
+        "inner_steps",
+        "ways",
+        "shots",
+        "queries",
+        "meta_batch",
+        "features",
+        "image_size",
+        "repeats",
+    ):
+        flags += [f"--{name}", str(spec[name])]
+    out = subprocess.run([python, script, *flags], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"learn2learn reference failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _default_l2l_python() -> str | None:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") and importlib.util.find_spec("learn2learn"):
+        return sys.executable
+    return None
+
+
 def markdown(rows: list[dict]) -> str:
     """Rows as a Markdown table."""
     head = (
         "| order | inner steps | remat | ways | shots | queries | meta-batch | tasks/s | "
         "s/step | compile s | peak RSS MB | XLA temp MB | GFLOP/step |"
     )
+    with_l2l = any("l2l_tasks_per_s" in r for r in rows)
+    if with_l2l:
+        head += " learn2learn tasks/s | speed-up |"
     lines = [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
     for r in rows:
         lines.append(
@@ -114,6 +151,11 @@ def markdown(rows: list[dict]) -> str:
             f"{r['ways']} | {r['shots']} | {r['queries']} | {r['meta_batch']} | "
             f"{r['tasks_per_s']:.1f} | {r['step_s']:.3f} | {r['compile_s']:.1f} | "
             f"{r['peak_rss_mb']:.0f} | {r['temp_mb']} | {r['gflops_per_step']:.2f} |"
+            + (
+                f" {r.get('l2l_tasks_per_s', '-')} | {r.get('speedup_vs_l2l', '-')} |"
+                if with_l2l
+                else ""
+            )
         )
     return "\n".join(lines)
 
@@ -137,6 +179,11 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
     parser.add_argument("--json", help="append JSON lines here")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument(
+        "--l2l_python",
+        default=None,
+        help="interpreter with torch + learn2learn for the side-by-side timing",
+    )
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(_child(json.loads(args.child))))
@@ -161,6 +208,11 @@ def main(argv=None) -> list[dict]:
             repeats=args.repeats,
         )
         row = _run(spec)
+        l2l_python = args.l2l_python or _default_l2l_python()
+        if l2l_python and not remat:
+            reference = _run_l2l(l2l_python, spec)
+            row["l2l_tasks_per_s"] = reference["tasks_per_s"]
+            row["speedup_vs_l2l"] = round(row["tasks_per_s"] / reference["tasks_per_s"], 2)
         rows.append(row)
         print(json.dumps(row), flush=True)
         if args.json:

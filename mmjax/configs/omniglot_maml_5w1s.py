@@ -16,6 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
             image_size=28,
             rotations=True,  # rotated copies of train characters as extra classes
             num_val_alphabets=1,
+            background="background_small1",  # train/val archive; "background" = full Omniglot
+            evaluation="background_small2",  # meta-test archive; "evaluation" = full Omniglot
             tfds_split="train",  # for "tfds:<dataset>" only
             tfds_examples_per_class=20,
         )

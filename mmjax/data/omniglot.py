@@ -338,8 +338,14 @@ def omniglot_splits(
     num_val_alphabets: int = 1,
     cache_dir: PathLike | None = None,
     download: bool = False,
+    background: str = "background_small1",
+    evaluation: str = "background_small2",
 ) -> dict[str, ClassImages]:
-    """Train / val / test classes from the two small background subsets.
+    """Train / val / test classes from two archives, split by alphabet.
+
+    By default the two small background subsets (the ones shipped offline); pass
+    ``background="background", evaluation="evaluation"`` for the full Omniglot split
+    (30 background / 20 evaluation alphabets; ``download=True`` fetches them).
 
     'train' and 'val' split the alphabets of ``background_small1`` (sorted; the last
     ``num_val_alphabets`` are 'val'); 'test' is ``background_small2`` without the alphabets
@@ -351,14 +357,14 @@ def omniglot_splits(
       {'train', 'val', 'test'} -> `ClassImages` with 20 examples per class.
     """
     kwargs = dict(image_size=image_size, cache_dir=cache_dir, download=download)
-    background = load_omniglot_subset("background_small1", data_dir, **kwargs)
-    test = load_omniglot_subset("background_small2", data_dir, **kwargs)
+    train_val = load_omniglot_subset(background, data_dir, **kwargs)
+    test = load_omniglot_subset(evaluation, data_dir, **kwargs)
     indices = split_class_indices(
-        background.class_names, test.class_names, num_val_alphabets=num_val_alphabets
+        train_val.class_names, test.class_names, num_val_alphabets=num_val_alphabets
     )
     splits = {
-        "train": select_classes(background, indices["train"]),
-        "val": select_classes(background, indices["val"]),
+        "train": select_classes(train_val, indices["train"]),
+        "val": select_classes(train_val, indices["val"]),
         "test": select_classes(test, indices["test"]),
     }
     if rotations:

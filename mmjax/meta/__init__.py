@@ -1,4 +1,8 @@
-"""Meta-learning algorithms as pure functions, behind one `MetaLearner` interface."""
+"""Meta-learning algorithms as pure functions, behind one `MetaLearner` interface.
+
+Registered on import (``make_learner(name, model, **settings)``): maml, reptile, metasgd, anil,
+protonet, relationnet, mmaml.
+"""
 
 from mmjax.meta.learner import MetaLearner, available_learners, make_learner, maml_learner, register
 from mmjax.meta.maml import (
@@ -10,6 +14,9 @@ from mmjax.meta.maml import (
     meta_loss,
     task_loss,
 )
+from mmjax.meta.anil import adapt_head, anil_learner
+from mmjax.meta.metasgd import init_inner_lr, metasgd_learner
+from mmjax.meta.mmaml import TaskEncoder, mmaml_learner, regression_loss
 from mmjax.meta.parallel import (
     initialize_distributed,
     make_pmap_meta_train_step,
@@ -17,13 +24,23 @@ from mmjax.meta.parallel import (
     shard_for_pmap,
     task_mesh,
 )
+from mmjax.meta.protonet import DISTANCES, prototype_logits, prototypes, protonet_learner
+from mmjax.meta.relation import OBJECTIVES, RelationModule, relation_learner
+from mmjax.meta.reptile import pseudo_gradient, reptile_learner
 
 __all__ = [
+    "DISTANCES",
     "MetaLearner",
+    "OBJECTIVES",
+    "RelationModule",
+    "TaskEncoder",
     "adapt",
+    "adapt_head",
+    "anil_learner",
     "available_learners",
     "check_inner_lr",
     "classification_loss",
+    "init_inner_lr",
     "initialize_distributed",
     "make_learner",
     "make_meta_train_step",
@@ -32,7 +49,16 @@ __all__ = [
     "maml_learner",
     "meta_grad",
     "meta_loss",
+    "metasgd_learner",
+    "mmaml_learner",
+    "protonet_learner",
+    "prototype_logits",
+    "prototypes",
+    "pseudo_gradient",
     "register",
+    "regression_loss",
+    "relation_learner",
+    "reptile_learner",
     "shard_for_pmap",
     "task_loss",
     "task_mesh",

@@ -1,0 +1,78 @@
+"""learn2learn reference timing: ``l2l.algorithms.MAML`` + ``OmniglotCNN`` meta-steps.
+
+Run by ``benchmarks/maml_step.py --l2l_python PYTHON`` in an interpreter that has torch and
+learn2learn (neither is a dependency of mmjax). Mirrors learn2learn's own
+``examples/vision/maml_omniglot.py`` meta-step: for each task of the meta-batch, clone the
+learner, adapt on the support set, backpropagate the query loss; then one Adam step.
+Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--order", choices=["second", "first"], default="second")
+    parser.add_argument("--inner_steps", type=int, default=1)
+    parser.add_argument("--ways", type=int, default=5)
+    parser.add_argument("--shots", type=int, default=1)
+    parser.add_argument("--queries", type=int, default=15)
+    parser.add_argument("--meta_batch", type=int, default=32)
+    parser.add_argument("--features", type=int, default=64)
+    parser.add_argument("--image_size", type=int, default=28)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    import learn2learn as l2l
+    import torch
+
+    torch.manual_seed(0)
+    model = l2l.vision.models.OmniglotCNN(args.ways, hidden_size=args.features)
+    maml = l2l.algorithms.MAML(model, lr=0.4, first_order=args.order == "first")
+    optimizer = torch.optim.Adam(maml.parameters(), 1e-3)
+    loss = torch.nn.CrossEntropyLoss()
+    size, ways = args.image_size, args.ways
+    support_x = torch.rand(args.meta_batch, ways * args.shots, 1, size, size)
+    support_y = torch.arange(ways).repeat_interleave(args.shots)
+    query_x = torch.rand(args.meta_batch, ways * args.queries, 1, size, size)
+    query_y = torch.arange(ways).repeat_interleave(args.queries)
+
+    def meta_step() -> None:
+        optimizer.zero_grad()
+        for task in range(args.meta_batch):
+            learner = maml.clone()
+            for _ in range(args.inner_steps):
+                learner.adapt(loss(learner(support_x[task]), support_y))
+            (loss(learner(query_x[task]), query_y) / args.meta_batch).backward()
+        optimizer.step()
+
+    meta_step()  # warm-up
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        meta_step()
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    print(
+        json.dumps(
+            dict(
+                vars(args),
+                framework="learn2learn",
+                torch=torch.__version__,
+                threads=torch.get_num_threads(),
+                step_s=round(median, 5),
+                tasks_per_s=round(args.meta_batch / median, 2),
+                peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            )
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

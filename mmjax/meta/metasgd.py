@@ -1,0 +1,117 @@
+"""Meta-SGD (Li et al. 2017): MAML with per-parameter inner learning rates meta-learned too.
+
+Meta-parameters are ``{"model": params, "inner_lr": rates}`` where ``rates`` has the structure
+and shapes of ``params``. The inner loop is :func:`mmjax.meta.maml.adapt` with the pytree of
+rates (``φ = θ - α ∘ ∇L_support(θ)``), and the outer gradient flows into both ``θ`` and ``α``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmjax.data.episodes import Episode
+from mmjax.meta import maml
+from mmjax.meta.learner import MetaLearner, Params, register
+
+
+def init_inner_lr(inner_lr: float | Params, params: Params) -> Params:
+    """Full per-parameter rates shaped like ``params`` from a scalar or a (checked) pytree.
+
+    A pytree may hold scalar leaves (one rate per tensor), which are broadcast.
+
+    Raises:
+      ValueError: the pytree's structure or a leaf's shape differs from ``params`` (the
+        message names the leaf, see :func:`mmjax.meta.maml.check_inner_lr`).
+    """
+    maml.check_inner_lr(inner_lr, params)
+    if maml._is_scalar(inner_lr):
+        if not float(inner_lr) > 0:
+            raise ValueError(f"inner_lr must be > 0; got {inner_lr!r}")
+        return jax.tree.map(lambda p: jnp.full(jnp.shape(p), inner_lr, jnp.result_type(p)), params)
+    lr_by_path = dict(jax.tree_util.tree_leaves_with_path(inner_lr))
+    return jax.tree_util.tree_map_with_path(
+        lambda path, p: jnp.broadcast_to(
+            jnp.asarray(lr_by_path[path], jnp.result_type(p)), jnp.shape(p)
+        ),
+        params,
+    )
+
+
+def meta_loss(
+    meta_params: Params,
+    episodes: Episode,
+    *,
+    loss_fn: maml.LossFn,
+    num_steps: int,
+    first_order: bool = False,
+) -> tuple[chex.Array, dict]:
+    """Mean query loss of MAML with the meta-learned rates ``meta_params["inner_lr"]``."""
+    return maml.meta_loss(
+        meta_params["model"],
+        episodes,
+        loss_fn=loss_fn,
+        inner_lr=meta_params["inner_lr"],
+        num_steps=num_steps,
+        first_order=first_order,
+    )
+
+
+def meta_grad(meta_params: Params, episodes: Episode, **kwargs) -> tuple[Params, dict]:
+    """Gradient of :func:`meta_loss` w.r.t. both the initialisation and the rates."""
+    (_, metrics), grads = jax.value_and_grad(meta_loss, has_aux=True)(
+        meta_params, episodes, **kwargs
+    )
+    return grads, metrics
+
+
+def metasgd_learner(
+    model: nn.Module,
+    *,
+    inner_lr: float | Params = 0.4,
+    num_inner_steps: int = 1,
+    eval_num_inner_steps: int | None = None,
+    first_order: bool = False,
+) -> MetaLearner:
+    """Meta-SGD on ``model`` (a Flax classifier).
+
+    Args:
+      model: ``apply(params, inputs) -> [batch, ways]`` logits.
+      inner_lr: initial rate: a scalar for every parameter, or a pytree shaped like the
+        model's parameters (scalar or full-shape leaves), checked at ``init``.
+      num_inner_steps: inner steps during meta-training.
+      eval_num_inner_steps: inner steps at evaluation (default ``num_inner_steps``).
+      first_order: stop gradients through the inner gradients.
+    """
+    maml._check_settings(inner_lr=inner_lr, num_steps=num_inner_steps)
+    eval_steps = num_inner_steps if eval_num_inner_steps is None else eval_num_inner_steps
+    maml._check_settings(inner_lr=inner_lr, num_steps=eval_steps)
+    loss_fn = maml.classification_loss(model.apply)
+
+    def init(key: chex.PRNGKey, example_inputs: chex.ArrayTree) -> Params:
+        params = model.init(key, example_inputs)
+        return {"model": params, "inner_lr": init_inner_lr(inner_lr, params)}
+
+    per_task = functools.partial(maml.task_loss, loss_fn=loss_fn, num_steps=eval_steps)
+
+    def evaluate(meta_params: Params, episodes: Episode) -> dict:
+        run = lambda episode: per_task(
+            meta_params["model"], episode, inner_lr=meta_params["inner_lr"]
+        )[1]
+        return jax.vmap(run)(episodes)
+
+    return MetaLearner(
+        name="metasgd",
+        init=init,
+        meta_grad=functools.partial(
+            meta_grad, loss_fn=loss_fn, num_steps=num_inner_steps, first_order=first_order
+        ),
+        evaluate=evaluate,
+    )
+
+
+register("metasgd", metasgd_learner)

@@ -1,0 +1,180 @@
+"""Reptile (Nichol et al. 2018): first-order meta-learning by moving towards adapted weights.
+
+For each task the inner loop runs ``num_steps`` SGD (or Adam) steps on the support set from
+the meta-parameters ``θ``, giving ``φ``. The *pseudo-gradient* ``θ - φ``, averaged over the task
+batch (``jax.vmap``), is handed to the optax meta-optimizer: outer SGD with learning rate
+``ε`` is then exactly Reptile's interpolation ``θ ← θ + ε (φ̄ - θ)``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from mmjax.data.episodes import Episode
+from mmjax.meta import maml
+from mmjax.meta.learner import MetaLearner, Params, register
+
+INNER_OPTIMIZERS = ("sgd", "adam")
+
+
+def adapt(
+    params: Params,
+    inputs: chex.ArrayTree,
+    labels: chex.Array,
+    *,
+    loss_fn: maml.LossFn,
+    inner_lr: float,
+    num_steps: int,
+    inner_optimizer: str = "sgd",
+) -> tuple[Params, chex.Array]:
+    """Reptile's inner loop: ``num_steps`` of SGD (:func:`maml.adapt`) or Adam by ``lax.scan``.
+
+    Args:
+      params: meta-parameters.
+      inputs: support inputs, leaves ``[support_size, ...]``.
+      labels: ``[support_size]``.
+      loss_fn: ``(params, inputs, labels) -> (loss, metrics)``.
+      inner_lr: inner step size.
+      num_steps: inner steps.
+      inner_optimizer: ``"sgd"`` or ``"adam"`` (fresh Adam state per task).
+
+    Returns:
+      ``(adapted_params, losses)`` with ``losses: [num_steps]``. No gradient flows through
+      the inner loop (Reptile is first order).
+    """
+    if inner_optimizer not in INNER_OPTIMIZERS:
+        raise ValueError(f"inner_optimizer={inner_optimizer!r} is not one of {INNER_OPTIMIZERS}")
+    if inner_optimizer == "sgd":
+        return maml.adapt(
+            params,
+            inputs,
+            labels,
+            loss_fn=loss_fn,
+            inner_lr=inner_lr,
+            num_steps=num_steps,
+            first_order=True,
+        )
+    optimizer = optax.adam(inner_lr)
+
+    def step(carry, _):
+        current, state = carry
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(current, inputs, labels)
+        updates, state = optimizer.update(jax.lax.stop_gradient(grads), state, current)
+        return (optax.apply_updates(current, updates), state), loss
+
+    (adapted, _), losses = jax.lax.scan(
+        step, (params, optimizer.init(params)), None, length=num_steps
+    )
+    return adapted, losses
+
+
+def pseudo_gradient(
+    params: Params,
+    episodes: Episode,
+    *,
+    loss_fn: maml.LossFn,
+    inner_lr: float,
+    num_steps: int,
+    inner_optimizer: str = "sgd",
+    adapt_on_query: bool = False,
+) -> tuple[Params, dict]:
+    """Reptile's meta-update direction ``mean_tasks(θ - φ_task)`` and batch metrics.
+
+    Args:
+      params: meta-parameters ``θ``.
+      episodes: task batch, leading ``[tasks]`` axis on every leaf.
+      adapt_on_query: run the inner loop on support ∪ query (Reptile has no query set: every
+        example of a meta-training task is training data); otherwise on the support set.
+
+    Returns:
+      ``(grads, metrics)``: ``grads`` shaped like ``params``; metrics are the query
+      ``loss_fn`` metrics after adaptation (means over tasks) plus ``support_loss``.
+    """
+
+    def per_task(episode: Episode):
+        inputs, labels = episode.support_inputs, episode.support_labels
+        if adapt_on_query:
+            join = lambda s, q: jnp.concatenate([s, q], axis=0)
+            inputs = jax.tree.map(join, inputs, episode.query_inputs)
+            labels = join(labels, episode.query_labels)
+        adapted, losses = adapt(
+            params,
+            inputs,
+            labels,
+            loss_fn=loss_fn,
+            inner_lr=inner_lr,
+            num_steps=num_steps,
+            inner_optimizer=inner_optimizer,
+        )
+        _, metrics = loss_fn(adapted, episode.query_inputs, episode.query_labels)
+        metrics = dict(metrics)
+        if num_steps > 0:
+            metrics["support_loss"] = losses[0]
+        return jax.tree.map(jnp.subtract, params, adapted), metrics
+
+    deltas, metrics = jax.vmap(per_task)(episodes)
+    mean = functools.partial(jnp.mean, axis=0)
+    return jax.tree.map(mean, deltas), jax.tree.map(mean, metrics)
+
+
+def reptile_learner(
+    model: nn.Module,
+    *,
+    inner_lr: float,
+    num_inner_steps: int,
+    eval_num_inner_steps: int | None = None,
+    inner_optimizer: str = "sgd",
+    adapt_on_query: bool = True,
+) -> MetaLearner:
+    """Reptile on ``model`` (``apply(params, inputs) -> [batch, ways]`` logits).
+
+    Args:
+      model: Flax classifier.
+      inner_lr: inner step size.
+      num_inner_steps: inner steps during meta-training.
+      eval_num_inner_steps: inner steps at evaluation (default ``num_inner_steps``).
+      inner_optimizer: ``"sgd"`` or ``"adam"``.
+      adapt_on_query: during meta-training, adapt on support ∪ query (Nichol et al. train on
+        more shots than they test with); evaluation always adapts on the support set only.
+    """
+    maml._check_settings(inner_lr=inner_lr, num_steps=num_inner_steps)
+    eval_steps = num_inner_steps if eval_num_inner_steps is None else eval_num_inner_steps
+    maml._check_settings(inner_lr=inner_lr, num_steps=eval_steps)
+    if inner_optimizer not in INNER_OPTIMIZERS:
+        raise ValueError(f"inner_optimizer={inner_optimizer!r} is not one of {INNER_OPTIMIZERS}")
+    loss_fn = maml.classification_loss(model.apply)
+    settings = dict(loss_fn=loss_fn, inner_lr=inner_lr, inner_optimizer=inner_optimizer)
+
+    def evaluate(params: Params, episodes: Episode) -> dict:
+        def per_task(episode: Episode) -> dict:
+            adapted, _ = adapt(
+                params,
+                episode.support_inputs,
+                episode.support_labels,
+                num_steps=eval_steps,
+                **settings,
+            )
+            return loss_fn(adapted, episode.query_inputs, episode.query_labels)[1]
+
+        return jax.vmap(per_task)(episodes)
+
+    return MetaLearner(
+        name="reptile",
+        init=model.init,
+        meta_grad=functools.partial(
+            pseudo_gradient,
+            num_steps=num_inner_steps,
+            adapt_on_query=adapt_on_query,
+            **settings,
+        ),
+        evaluate=evaluate,
+    )
+
+
+register("reptile", reptile_learner)
