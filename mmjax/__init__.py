@@ -23,7 +23,7 @@ from mmjax.meta import (
     meta_loss,
     task_loss,
 )
-from mmjax.nn import MLP, Classifier, Conv4, StrokeEncoder
+from mmjax.nn import MLP, Classifier, Conv4, MultimodalEncoder, StrokeEncoder
 from mmjax.train import confidence_interval, evaluate_checkpoint, evaluate_learner
 
 __version__ = "0.1.0"
@@ -34,6 +34,7 @@ __all__ = [
     "Episode",
     "MLP",
     "MetaLearner",
+    "MultimodalEncoder",
     "StrokeEncoder",
     "adapt",
     "apply_overrides",

@@ -37,9 +37,19 @@ from mmjax.data.strokes import (
     strokes_to_points,
     strokes_to_sequence,
 )
+from mmjax.data.lake_runs import LakeRuns, load_lake_runs
+from mmjax.data.modality import CONDITIONS, apply_condition, modality_dropout
+from mmjax.data.regression import FAMILIES, sample_regression_tasks
 from mmjax.data.tfds import TfdsClassImages, load_tfds_classes
 
 __all__ = [
+    "CONDITIONS",
+    "FAMILIES",
+    "LakeRuns",
+    "apply_condition",
+    "load_lake_runs",
+    "modality_dropout",
+    "sample_regression_tasks",
     "KNOWN_MD5",
     "ClassImages",
     "Episode",

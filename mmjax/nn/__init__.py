@@ -3,6 +3,7 @@
 from mmjax.nn.classifier import Classifier
 from mmjax.nn.conv import BatchStatNorm, Conv2D, Conv4, conv2d_im2col, conv2d_lax, resolve_conv_impl
 from mmjax.nn.mlp import MLP
+from mmjax.nn.multimodal import MultimodalEncoder
 from mmjax.nn.sequence import StrokeEncoder
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "Conv2D",
     "Conv4",
     "MLP",
+    "MultimodalEncoder",
     "StrokeEncoder",
     "conv2d_im2col",
     "conv2d_lax",

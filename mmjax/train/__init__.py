@@ -3,6 +3,8 @@
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.evaluate import confidence_interval, evaluate_learner
 from mmjax.train.loop import NonFiniteLossError, TrainState, build_run, train
+from mmjax.train.missing_modality import evaluate_conditions, evaluate_missing_modality
+from mmjax.train.one_shot_runs import score_runs, score_workdir
 from mmjax.train.restore import evaluate_checkpoint, load_run
 
 __all__ = [
@@ -12,7 +14,11 @@ __all__ = [
     "build_run",
     "confidence_interval",
     "evaluate_checkpoint",
+    "evaluate_conditions",
+    "evaluate_missing_modality",
     "evaluate_learner",
     "load_run",
+    "score_runs",
+    "score_workdir",
     "train",
 ]

@@ -5,13 +5,21 @@ from __future__ import annotations
 import ml_collections
 import optax
 
-from mmjax.data import load_tfds_classes, omniglot_splits, select_classes, to_device
+from mmjax.data import (
+    load_tfds_classes,
+    omniglot_multimodal_splits,
+    omniglot_splits,
+    select_classes,
+    to_device,
+)
 from mmjax.meta import MetaLearner, make_learner
 from mmjax.nn.classifier import Classifier
 from mmjax.nn.conv import Conv4
 from mmjax.nn.mlp import MLP
+from mmjax.nn.multimodal import MultimodalEncoder
+from mmjax.nn.sequence import StrokeEncoder
 
-ENCODERS = ("conv4", "mlp")
+ENCODERS = ("conv4", "mlp", "multimodal")
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -23,9 +31,28 @@ class _Flatten(MLP):
 
 
 def build_model(config: ml_collections.ConfigDict) -> Classifier:
-    """Encoder named by ``config.model.encoder`` plus a ``config.ways``-way linear head."""
+    """Encoder named by ``config.model.encoder`` plus a ``config.ways``-way linear head.
+
+    ``"multimodal"``: :class:`~mmjax.nn.multimodal.MultimodalEncoder` with Conv-4
+    (``model.features``) on images, ``StrokeEncoder(model.stroke_features, model.stroke_kind)``
+    on strokes and the fusion layer ``model.fusion`` of width ``model.fusion_features``.
+    """
     m = config.model
-    if m.encoder == "conv4":
+    if m.encoder == "multimodal":
+        encoder = MultimodalEncoder(
+            fusion=m.get("fusion", "concat"),
+            features=m.get("fusion_features", m.features),
+            image_encoder=Conv4(
+                features=m.features, num_blocks=m.num_blocks, pool=m.pool, conv_impl=m.conv_impl
+            ),
+            stroke_encoder=StrokeEncoder(
+                features=m.get("stroke_features", m.features),
+                kind=m.get("stroke_kind", "conv"),
+                conv_impl=m.conv_impl,
+            ),
+            num_heads=m.get("fusion_num_heads", 4),
+        )
+    elif m.encoder == "conv4":
         encoder = Conv4(
             features=m.features, num_blocks=m.num_blocks, pool=m.pool, conv_impl=m.conv_impl
         )
@@ -52,11 +79,42 @@ def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfor
 def load_splits(config: ml_collections.ConfigDict) -> dict:
     """Loads ``{'train', 'val', 'test'}`` as device arrays ``[classes, examples, H, W, 1]``.
 
+    With ``"strokes"`` in ``data.modalities`` (Omniglot only) each split is the pytree
+    ``{"image", "strokes", "mask"}`` of `omniglot_multimodal_splits` (``data.stroke_length``
+    points per drawing, resampled by ``data.stroke_mode``).
+
     ``data.name="omniglot"`` reads the official archives (``data.data_dir`` or
     ``$MMJAX_DATA_DIR``); ``"tfds:<name>"`` splits the classes of a TFDS image
     classification dataset 60/20/20 in label order.
     """
     d = config.data
+    modalities = tuple(d.get("modalities", ("image",)))
+    if "strokes" in modalities:
+        if d.name != "omniglot" or set(modalities) != {"image", "strokes"}:
+            raise ValueError(
+                f"data.modalities={modalities!r} with data.name={d.name!r}: strokes exist only "
+                "for data.name='omniglot', with modalities ('image', 'strokes')"
+            )
+        subsets = (
+            d.get("background", "background_small1"),
+            d.get("evaluation", "background_small2"),
+        )
+        if subsets != ("background_small1", "background_small2"):
+            raise ValueError(
+                f"data.background/data.evaluation={subsets}: the image + stroke splits are built "
+                "from background_small1 / background_small2 only"
+            )
+        splits = omniglot_multimodal_splits(
+            d.data_dir or None,
+            image_size=d.image_size,
+            length=d.get("stroke_length", 64),
+            mode=d.get("stroke_mode", "arclength"),
+            rotations=d.rotations,
+            num_val_alphabets=d.num_val_alphabets,
+            cache_dir=d.cache_dir or None,
+            download=d.download,
+        )
+        return {name: to_device(split) for name, split in splits.items()}
     if d.name == "omniglot":
         splits = omniglot_splits(
             d.data_dir or None,
@@ -65,6 +123,8 @@ def load_splits(config: ml_collections.ConfigDict) -> dict:
             num_val_alphabets=d.num_val_alphabets,
             cache_dir=d.cache_dir or None,
             download=d.download,
+            background=d.get("background", "background_small1"),
+            evaluation=d.get("evaluation", "background_small2"),
         )
         return {name: to_device(split) for name, split in splits.items()}
     if d.name.startswith("tfds:"):

@@ -25,6 +25,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
+from mmjax.data import modality
 from mmjax.data.episodes import classes_and_examples, sample_episodes, validate_episode_spec
 from mmjax.meta.learner import MetaLearner
 from mmjax.meta.parallel import TASK_AXIS, task_mesh
@@ -53,6 +54,11 @@ class TrainState:
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ``ValueError`` naming the first out-of-range setting."""
+    if "ways" not in config and "num_modes" in config:
+        raise ValueError(
+            "this is a regression config (MMAML protocol): run it with "
+            "benchmarks/regression_table.py or mmjax.train.regression.run_regression"
+        )
     positive = {
         "ways": config.ways,
         "shots": config.shots,
@@ -96,7 +102,18 @@ def make_train_step(
     Samples ``meta_batch_size`` episodes on device, takes one meta-step of ``learner`` and
     skips the update (keeping the old parameters) when the loss or gradient is not finite;
     the metric ``finite`` tells the host which happened.
+
+    Multimodal data only: ``config.train_condition`` (default ``"both"``) fixes the modality
+    presence of the training episodes (`mmjax.data.modality.apply_condition`, e.g.
+    ``"image_only"`` for a single-modality baseline), then ``config.modality_dropout``
+    (default 0) drops modalities at random (`mmjax.data.modality.modality_dropout`) with a
+    key split from the sampling key; with both at their defaults the step is unchanged.
     """
+    dropout_rate = config.get("modality_dropout", 0.0)
+    train_condition = config.get("train_condition", "both")
+    if dropout_rate != 0:
+        modality.check_rate(dropout_rate)
+    modality.condition_masks(train_condition)  # validates the name
     sample = functools.partial(
         sample_episodes,
         batch_size=config.meta_batch_size,
@@ -111,7 +128,14 @@ def make_train_step(
 
     def step(state: TrainState, data) -> tuple[TrainState, dict]:
         key, sample_key = jax.random.split(state.key)
-        episodes = constrain(sample(sample_key, data))
+        if dropout_rate != 0:
+            sample_key, dropout_key = jax.random.split(sample_key)
+        episodes = sample(sample_key, data)
+        if train_condition != "both":
+            episodes = modality.apply_condition(episodes, train_condition)
+        if dropout_rate != 0:
+            episodes = modality.modality_dropout(dropout_key, episodes, rate=dropout_rate)
+        episodes = constrain(episodes)
         grads, metrics = learner.meta_grad(state.params, episodes)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

@@ -234,3 +234,8 @@ def test_cli_reports_unknown_key_with_suggestion(tmp_path, capsys):
 def test_missing_data_dir_says_where_to_put_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="MMJAX_DATA_DIR"):
         loop.train(tiny_config(f"data.data_dir='{tmp_path}'"), tmp_path / "w", progress=False)
+
+
+def test_regression_config_is_refused_by_the_classification_trainer(tmp_path):
+    with pytest.raises(ValueError, match="regression config"):
+        loop.train(configs.get_config("regression_2modes_5shot"), tmp_path, progress=False)
