@@ -14,7 +14,6 @@ import functools
 import chex
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from mmjax.data.episodes import Episode
 from mmjax.meta import maml
@@ -114,10 +113,7 @@ def task_loss(
 
 def meta_loss(params: Params, episodes: Episode, **kwargs) -> tuple[chex.Array, dict]:
     """Mean ANIL query loss over a task batch (``jax.vmap`` over the leading task axis)."""
-    losses, metrics = jax.vmap(functools.partial(task_loss, **kwargs), in_axes=(None, 0))(
-        params, episodes
-    )
-    return jnp.mean(losses), jax.tree.map(jnp.mean, metrics)
+    return maml.mean_over_tasks(functools.partial(task_loss, **kwargs), params, episodes)
 
 
 def meta_grad(params: Params, episodes: Episode, **kwargs) -> tuple[Params, dict]:
@@ -153,8 +149,7 @@ def anil_learner(
     settings = dict(model=model, inner_lr=inner_lr, first_order=first_order)
     per_task = functools.partial(task_loss, num_steps=eval_steps, **settings)
 
-    def evaluate(params: Params, episodes: Episode) -> dict:
-        return jax.vmap(per_task, in_axes=(None, 0))(params, episodes)[1]
+    evaluate = functools.partial(maml.metrics_per_task, per_task)
 
     return MetaLearner(
         name="anil",

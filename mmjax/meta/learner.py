@@ -23,7 +23,6 @@ from typing import Any, Callable
 
 import chex
 import flax.linen as nn
-import jax
 
 from mmjax.data.episodes import Episode
 from mmjax.meta import maml
@@ -76,8 +75,7 @@ def maml_learner(
         maml.task_loss, loss_fn=loss_fn, inner_lr=inner_lr, num_steps=eval_steps
     )
 
-    def evaluate(params: Params, episodes: Episode) -> dict:
-        return jax.vmap(per_task, in_axes=(None, 0))(params, episodes)[1]
+    evaluate = functools.partial(maml.metrics_per_task, per_task)
 
     return MetaLearner(
         name="fomaml" if first_order else "maml",

@@ -147,6 +147,30 @@ def task_loss(
     return loss, metrics
 
 
+def mean_over_tasks(
+    per_task: Callable, params: Params, episodes: Episode
+) -> tuple[chex.Array, dict]:
+    """Lifts ``per_task(params, episode) -> (loss, metrics)`` to a task batch by ``vmap``.
+
+    Returns the mean loss and mean metrics over the leading task axis of ``episodes``.
+    """
+    losses, metrics = jax.vmap(per_task, in_axes=(None, 0))(params, episodes)
+    return jnp.mean(losses), jax.tree.map(jnp.mean, metrics)
+
+
+def grad_over_tasks(per_task: Callable, params: Params, episodes: Episode) -> tuple[Params, dict]:
+    """Gradient of :func:`mean_over_tasks` w.r.t. ``params``, and the batch-mean metrics."""
+    (_, metrics), grads = jax.value_and_grad(
+        functools.partial(mean_over_tasks, per_task), has_aux=True
+    )(params, episodes)
+    return grads, metrics
+
+
+def metrics_per_task(per_task: Callable, params: Params, episodes: Episode) -> dict:
+    """Metrics of ``per_task`` for every task of the batch (leading task axis kept)."""
+    return jax.vmap(per_task, in_axes=(None, 0))(params, episodes)[1]
+
+
 def meta_loss(
     params: Params,
     episodes: Episode,
@@ -166,8 +190,7 @@ def meta_loss(
         first_order=first_order,
         remat=remat,
     )
-    losses, metrics = jax.vmap(per_task, in_axes=(None, 0))(params, episodes)
-    return jnp.mean(losses), jax.tree.map(jnp.mean, metrics)
+    return mean_over_tasks(per_task, params, episodes)
 
 
 def meta_grad(params: Params, episodes: Episode, **kwargs) -> tuple[Params, dict]:

@@ -123,10 +123,7 @@ def task_loss(
 
 def meta_loss(meta_params: Params, episodes: Episode, **kwargs) -> tuple[chex.Array, dict]:
     """Mean query loss over a task batch (``jax.vmap`` over the leading task axis)."""
-    losses, metrics = jax.vmap(functools.partial(task_loss, **kwargs), in_axes=(None, 0))(
-        meta_params, episodes
-    )
-    return jnp.mean(losses), jax.tree.map(jnp.mean, metrics)
+    return maml.mean_over_tasks(functools.partial(task_loss, **kwargs), meta_params, episodes)
 
 
 def meta_grad(meta_params: Params, episodes: Episode, **kwargs) -> tuple[Params, dict]:
@@ -201,7 +198,7 @@ def mmaml_learner(
 
     def evaluate(meta_params: Params, episodes: Episode) -> dict:
         per_task = functools.partial(task_loss, **settings(meta_params, eval_steps))
-        return jax.vmap(per_task, in_axes=(None, 0))(meta_params, episodes)[1]
+        return maml.metrics_per_task(per_task, meta_params, episodes)
 
     return MetaLearner(name="mmaml", init=init, meta_grad=learner_meta_grad, evaluate=evaluate)
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from mmjax.data.episodes import Episode
+from mmjax.meta import maml
 from mmjax.meta.learner import MetaLearner, Params, register
 
 DISTANCES = ("euclidean", "cosine")
@@ -130,16 +131,8 @@ def protonet_learner(
             "scale": jnp.asarray(scale, jnp.float32),
         }
 
-    def loss(params: Params, episodes: Episode):
-        losses, metrics = jax.vmap(per_task, in_axes=(None, 0))(params, episodes)
-        return jnp.mean(losses), jax.tree.map(jnp.mean, metrics)
-
-    def meta_grad(params: Params, episodes: Episode) -> tuple[Params, dict]:
-        (_, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params, episodes)
-        return grads, metrics
-
-    def evaluate(params: Params, episodes: Episode) -> dict:
-        return jax.vmap(per_task, in_axes=(None, 0))(params, episodes)[1]
+    meta_grad = functools.partial(maml.grad_over_tasks, per_task)
+    evaluate = functools.partial(maml.metrics_per_task, per_task)
 
     return MetaLearner(
         name="protonet" if distance == "euclidean" else "protonet_cosine",

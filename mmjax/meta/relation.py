@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.data.episodes import Episode
+from mmjax.meta import maml
 from mmjax.meta.learner import MetaLearner, Params, register
 from mmjax.meta.protonet import embed_episode, prototypes
 
@@ -147,16 +148,8 @@ def relation_learner(
             "relation": relation.init(relation_key, jnp.zeros((1, 2 * width))),
         }
 
-    def loss(params: Params, episodes: Episode):
-        losses, metrics = jax.vmap(per_task, in_axes=(None, 0))(params, episodes)
-        return jnp.mean(losses), jax.tree.map(jnp.mean, metrics)
-
-    def meta_grad(params: Params, episodes: Episode) -> tuple[Params, dict]:
-        (_, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params, episodes)
-        return grads, metrics
-
-    def evaluate(params: Params, episodes: Episode) -> dict:
-        return jax.vmap(per_task, in_axes=(None, 0))(params, episodes)[1]
+    meta_grad = functools.partial(maml.grad_over_tasks, per_task)
+    evaluate = functools.partial(maml.metrics_per_task, per_task)
 
     return MetaLearner(name="relationnet", init=init, meta_grad=meta_grad, evaluate=evaluate)
 
