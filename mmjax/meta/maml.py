@@ -226,6 +226,12 @@ class MetaStep(NamedTuple):
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
+    def __call__(self, params: Params, opt_state: optax.OptState, episodes: Episode):
+        """One meta-step: ``-> (params, opt_state, metrics)``."""
+        grads, metrics = self.grad(params, episodes)
+        params, opt_state = self.apply(params, opt_state, grads)
+        return params, opt_state, metrics
+
 
 def make_meta_train_step(
     loss_fn: LossFn,
@@ -244,13 +250,7 @@ def make_meta_train_step(
     returned ones).
     """
     _check_settings(inner_lr=inner_lr, num_steps=num_steps)
-    settings = MetaStep(loss_fn, optimizer, inner_lr, num_steps, first_order, remat)
-
-    def step(params, opt_state, episodes):
-        grads, metrics = settings.grad(params, episodes)
-        params, opt_state = settings.apply(params, opt_state, grads)
-        return params, opt_state, metrics
-
+    step = MetaStep(loss_fn, optimizer, inner_lr, num_steps, first_order, remat).__call__
     return jax.jit(step, donate_argnums=(0, 1)) if jit else step
 
 

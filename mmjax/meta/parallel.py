@@ -112,13 +112,8 @@ def make_sharded_meta_train_step(
     replicated = NamedSharding(mesh, P())
     by_task = NamedSharding(mesh, P(TASK_AXIS))
 
-    def step(params, opt_state, episodes):
-        grads, metrics = settings.grad(params, episodes)
-        params, opt_state = settings.apply(params, opt_state, grads)
-        return params, opt_state, metrics
-
     jitted = jax.jit(
-        step,
+        settings.__call__,
         in_shardings=(replicated, replicated, by_task),
         out_shardings=(replicated, replicated, replicated),
         donate_argnums=(0, 1),
