@@ -66,7 +66,11 @@ def variants(
 
 
 def run_variant(variant: dict, ways: int, args, out: str) -> dict:
-    """Meta-trains one variant (or resumes it) and tests it under its condition."""
+    """Meta-trains one variant (or resumes it) and tests it under its condition.
+
+    The finished row is stored as ``row.json`` in the run's workdir together with the
+    overrides that produced it; a later call with the same overrides returns it as is.
+    """
     overrides = [
         f"num_steps={args.steps}",
         f"model.fusion={variant['fusion']}",
@@ -78,11 +82,22 @@ def run_variant(variant: dict, ways: int, args, out: str) -> dict:
         overrides = SMOKE + overrides + [f"eval_every={args.steps + 1}", "log_every=1"]
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
-    overrides += args.overrides
+    overrides += args.overrides + args.ways_overrides.get(ways, [])
     config = configs.apply_overrides(configs.get_config(BASE_CONFIGS[ways]), overrides)
     tag = f"{ways}w_{variant['fusion']}_{variant['train']}_drop{variant['dropout']:g}"
     workdir = os.path.join(out, "runs", tag)
+    row_path = os.path.join(workdir, "row.json")
+    if os.path.exists(row_path):
+        with open(row_path) as f:
+            row = json.load(f)
+        if row.get("overrides") == overrides:
+            return row
     results = loop.train(config, workdir, progress=False)
+    if "interrupted" in results:  # SIGTERM/SIGINT: the trainer saved a checkpoint; stop here.
+        raise SystemExit(
+            f"{tag}: interrupted by signal {results['interrupted']}; "
+            "run the same command again to resume"
+        )
     if variant["train"] == "both":
         accuracy, ci = results["test_accuracy"], results["test_accuracy_ci95"]
     else:  # the trainer's final test keeps both modalities; test the baseline as trained.
@@ -90,7 +105,14 @@ def run_variant(variant: dict, ways: int, args, out: str) -> dict:
             workdir, conditions=(variant["train"],), num_episodes=args.episodes
         )[variant["train"]]
         accuracy, ci = test["accuracy"], test["accuracy_ci95"]
-    return dict(variant, ways=ways, accuracy=accuracy, accuracy_ci95=ci, workdir=workdir)
+    row = dict(
+        variant, ways=ways, accuracy=accuracy, accuracy_ci95=ci, workdir=workdir, overrides=overrides
+    )
+    os.makedirs(workdir, exist_ok=True)
+    with open(row_path + ".tmp", "w") as f:
+        json.dump(row, f, indent=2)
+    os.replace(row_path + ".tmp", row_path)
+    return row
 
 
 def markdown(rows: list[dict], ways: Sequence[int], steps: int) -> str:
@@ -163,6 +185,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="config override for every run, e.g. --set maml.first_order=True",
     )
+    parser.add_argument(
+        "--set_ways",
+        dest="ways_overrides",
+        action="append",
+        default=[],
+        metavar="WAYS:KEY=VALUE",
+        help="config override for the runs of one number of ways, e.g. --set_ways 20:meta_batch_size=4",
+    )
     args = parser.parse_args(argv)
     args.steps = args.steps or (2 if args.smoke else 20_000)
     args.episodes = args.episodes or (4 if args.smoke else 600)
@@ -180,6 +210,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for method in args.methods:
         if method not in FUSION_METHODS:
             parser.error(f"--methods: {method!r} is not one of {sorted(FUSION_METHODS)}")
+    ways_overrides: dict[int, list[str]] = {}
+    for item in args.ways_overrides:
+        ways_text, sep, override = item.partition(":")
+        if not sep or not ways_text.isdigit() or "=" not in override:
+            parser.error(f"--set_ways {item!r}: expected WAYS:KEY=VALUE, e.g. 20:meta_batch_size=4")
+        if int(ways_text) not in args.ways:
+            parser.error(f"--set_ways {item!r}: {ways_text}-way is not among --ways {args.ways}")
+        ways_overrides.setdefault(int(ways_text), []).append(override)
+    args.ways_overrides = ways_overrides
     if args.steps < 1 or args.episodes < 2:
         parser.error("--steps must be >= 1 and --episodes >= 2")
     return args
@@ -198,12 +237,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                 flush=True,
             )
             rows.append(row)
-    table = markdown(rows, args.ways, args.steps)
+    table = markdown(rows, sorted(args.ways), args.steps)
     with open(os.path.join(args.out, "fusion_table.md"), "w") as f:
         f.write(table)
     with open(os.path.join(args.out, "fusion_table.json"), "w") as f:
         json.dump(rows, f, indent=2)
-    bar_chart(rows, args.ways, os.path.join(args.out, "fusion_table.png"))
+    bar_chart(rows, sorted(args.ways), os.path.join(args.out, "fusion_table.png"))
     print(table)
     return rows
 

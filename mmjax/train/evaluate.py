@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Callable
 
 import chex
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from mmjax.data.episodes import sample_episodes, validate_episode_spec, classes_and_examples
+from mmjax.data.episodes import (
+    Episode,
+    classes_and_examples,
+    sample_episodes,
+    validate_episode_spec,
+)
 from mmjax.meta.learner import MetaLearner, Params
 
 
@@ -25,11 +31,18 @@ def confidence_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[f
     return float(values.mean()), float(z * values.std(ddof=1) / math.sqrt(values.size))
 
 
-@functools.partial(jax.jit, static_argnames=("learner", "batch_size", "ways", "shots", "queries"))
-def _evaluate_batch(learner, params, data, key, *, batch_size, ways, shots, queries):
+@functools.partial(
+    jax.jit,
+    static_argnames=("learner", "episode_transform", "batch_size", "ways", "shots", "queries"),
+)
+def _evaluate_batch(
+    learner, params, data, key, transform_args, *, episode_transform, batch_size, ways, shots, queries
+):
     episodes = sample_episodes(
         key, data, batch_size=batch_size, ways=ways, shots=shots, queries=queries
     )
+    if episode_transform is not None:
+        episodes = episode_transform(episodes, *transform_args)
     return learner.evaluate(params, episodes)
 
 
@@ -45,6 +58,8 @@ def evaluate_learner(
     num_episodes: int = 600,
     batch_size: int = 50,
     progress: bool = False,
+    episode_transform: Callable[..., Episode] | None = None,
+    transform_args: tuple = (),
 ) -> dict:
     """Adapts to ``num_episodes`` sampled test episodes and scores their query sets.
 
@@ -54,6 +69,13 @@ def evaluate_learner(
       data: device pytree, leaves ``[classes, examples, ...]`` (e.g. the test split).
       key: PRNG key for episode sampling (same key, same episodes).
       num_episodes: number of episodes (>= 2); sampled in ``vmap``-ed batches.
+      batch_size: episodes per ``vmap``-ed batch.
+      progress: show a tqdm bar over the batches.
+      episode_transform: optional ``episode_transform(episodes, *transform_args) -> episodes``
+        applied inside the compiled function before adaptation (e.g.
+        :func:`mmjax.data.modality.mask_episodes`); a module-level function, as it is static.
+      transform_args: arrays passed to ``episode_transform``; they are traced, so one compiled
+        function serves every value (e.g. every modality condition).
 
     Returns:
       dict with ``accuracy``, ``accuracy_ci95`` (half-width), ``loss``, ``num_episodes`` and
@@ -74,6 +96,8 @@ def evaluate_learner(
             params,
             data,
             key_batch,
+            tuple(transform_args),
+            episode_transform=episode_transform,
             batch_size=batch_size,
             ways=ways,
             shots=shots,

@@ -6,39 +6,15 @@ Every condition of :data:`mmjax.data.modality.CONDITIONS` is scored on the *same
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Sequence
 
 import chex
 import jax
-import numpy as np
 
-from mmjax.data.episodes import classes_and_examples, sample_episodes, validate_episode_spec
 from mmjax.data.modality import CONDITIONS, condition_masks, mask_episodes
 from mmjax.meta.learner import MetaLearner, Params
-from mmjax.train.evaluate import confidence_interval
-
-
-@functools.partial(jax.jit, static_argnames=("learner", "batch_size", "ways", "shots", "queries"))
-def _evaluate_batch(
-    learner,
-    params,
-    data,
-    key,
-    support_presence,
-    query_presence,
-    *,
-    batch_size,
-    ways,
-    shots,
-    queries,
-):
-    # The condition enters as [M] presence factors: one compiled function for all conditions.
-    episodes = sample_episodes(
-        key, data, batch_size=batch_size, ways=ways, shots=shots, queries=queries
-    )
-    return learner.evaluate(params, mask_episodes(episodes, support_presence, query_presence))
+from mmjax.train.evaluate import evaluate_learner
 
 
 def evaluate_conditions(
@@ -79,39 +55,24 @@ def evaluate_conditions(
     unknown = [c for c in conditions if c not in CONDITIONS]
     if unknown or not conditions:
         raise ValueError(f"conditions={list(conditions)!r}: each must be one of {CONDITIONS}")
-    if num_episodes < 2:
-        raise ValueError(f"num_episodes must be >= 2 for a confidence interval; got {num_episodes}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    validate_episode_spec(*classes_and_examples(data), ways=ways, shots=shots, queries=queries)
-    batch_size = min(batch_size, num_episodes)
-    keys = jax.random.split(key, -(-num_episodes // batch_size))
     results = {}
     for condition in conditions:
-        support_presence, query_presence = condition_masks(condition, missing=missing)
-        accuracy, loss = [], []
-        for batch_key in keys:
-            metrics = _evaluate_batch(
-                learner,
-                params,
-                data,
-                batch_key,
-                support_presence,
-                query_presence,
-                batch_size=batch_size,
-                ways=ways,
-                shots=shots,
-                queries=queries,
-            )
-            accuracy.append(np.asarray(metrics["accuracy"]))
-            loss.append(np.asarray(metrics["loss"]))
-        accuracy = np.concatenate(accuracy)[:num_episodes]
-        mean, half_width = confidence_interval(accuracy)
+        # The condition enters as [M] presence factors, traced: one compiled function for all.
+        metrics = evaluate_learner(
+            learner,
+            params,
+            data,
+            key,
+            ways=ways,
+            shots=shots,
+            queries=queries,
+            num_episodes=num_episodes,
+            batch_size=batch_size,
+            episode_transform=mask_episodes,
+            transform_args=condition_masks(condition, missing=missing),
+        )
         results[condition] = {
-            "accuracy": mean,
-            "accuracy_ci95": half_width,
-            "loss": float(np.concatenate(loss)[:num_episodes].mean()),
-            "num_episodes": int(num_episodes),
+            name: metrics[name] for name in ("accuracy", "accuracy_ci95", "loss", "num_episodes")
         }
     return results
 

@@ -69,6 +69,40 @@ def test_fusion_table_rejects_unknown_method():
             bench.parse_args(bad)
 
 
+def test_set_ways_applies_to_one_number_of_ways_and_is_checked():
+    bench = load("fusion_table")
+    args = bench.parse_args(
+        ["--ways", "5,20", "--set_ways", "20:meta_batch_size=2", "--set_ways", "5:queries=3"]
+    )
+    assert args.ways_overrides == {20: ["meta_batch_size=2"], 5: ["queries=3"]}
+    for bad in (["--set_ways", "meta_batch_size=2"], ["--ways", "5", "--set_ways", "20:queries=1"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
+
+
+def test_finished_rows_are_reused_and_an_interrupted_run_stops_the_table(tmp_path, monkeypatch):
+    bench = load("fusion_table")
+    calls = []
+
+    def fake_train(config, workdir, progress):
+        calls.append((config.model.fusion, config.meta_batch_size))
+        return {"test_accuracy": 0.5, "test_accuracy_ci95": 0.01}
+
+    monkeypatch.setattr(bench.loop, "train", fake_train)
+    argv = ["--ways", "5", "--methods", "late", "--baselines", "none", "--dropout", "0"]
+    argv += ["--out", str(tmp_path)]
+    first = bench.main(argv + ["--set_ways", "5:meta_batch_size=3"])
+    assert calls == [("late", 3)] and first[0]["accuracy"] == 0.5
+    assert bench.main(argv + ["--set_ways", "5:meta_batch_size=3"]) == first
+    assert len(calls) == 1  # same overrides: the stored row is reused
+    bench.main(argv + ["--set_ways", "5:meta_batch_size=4"])
+    assert calls[-1] == ("late", 4)  # other overrides: trained again
+
+    monkeypatch.setattr(bench.loop, "train", lambda *a, **k: {"interrupted": 15, "step": 7})
+    with pytest.raises(SystemExit, match="interrupted by signal 15"):
+        bench.main(argv + ["--set_ways", "5:meta_batch_size=5"])
+
+
 def test_lake_runs_cli_scores_a_20_way_workdir(tmp_path):
     workdir = tmp_path / "run20"
     config = configs.apply_overrides(
