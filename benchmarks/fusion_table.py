@@ -141,7 +141,7 @@ def markdown(rows: list[dict], ways: Sequence[int], steps: int) -> str:
 def bar_chart(rows: list[dict], ways: Sequence[int], path: str) -> None:
     """Grouped bars (one group per model and dropout rate, one bar per ways) with 95% CIs."""
     keys = list(dict.fromkeys((r["name"], r["dropout"]) for r in rows))
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(keys) * len(ways)), 4))
+    fig, ax = plt.subplots(figsize=(min(14, max(6, 0.35 * len(keys) * len(ways))), 4.5))
     width = 0.8 / len(ways)
     for i, w in enumerate(ways):
         values, errors = [], []

@@ -1,6 +1,6 @@
 """learn2learn reference timing: ``l2l.algorithms.MAML`` + ``OmniglotCNN`` meta-steps.
 
-Run by ``benchmarks/maml_step.py --l2l_python PYTHON`` in an interpreter that has torch and
+Run by ``benchmarks/maml_orders.py --l2l_python PYTHON`` in an interpreter that has torch and
 learn2learn (neither is a dependency of mmjax). Mirrors learn2learn's own
 ``examples/vision/maml_omniglot.py`` meta-step: for each task of the meta-batch, clone the
 learner, adapt on the support set, backpropagate the query loss; then one Adam step.
@@ -27,11 +27,14 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--image_size", type=int, default=28)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     args = parser.parse_args()
 
     import learn2learn as l2l
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = l2l.vision.models.OmniglotCNN(args.ways, hidden_size=args.features)
     maml = l2l.algorithms.MAML(model, lr=0.4, first_order=args.order == "first")
@@ -64,6 +67,7 @@ def main() -> None:
             dict(
                 vars(args),
                 framework="learn2learn",
+                learn2learn=l2l.__version__,
                 torch=torch.__version__,
                 threads=torch.get_num_threads(),
                 step_s=round(median, 5),

@@ -3,10 +3,11 @@
 Public API, re-exported from the subpackages: ``mmjax.data`` (Omniglot images and pen
 strokes, on-device episodes), ``mmjax.nn`` (encoders), ``mmjax.fusion`` (fusion layers with
 modality masks), ``mmjax.meta`` (MAML and other meta-learners), ``mmjax.train`` (trainer,
-evaluation, checkpoints) and ``mmjax.configs``.
+evaluation, checkpoints), ``mmjax.representation`` (multimodal autoencoder, VAE, contrastive,
+CCA, adversarial alignment) and ``mmjax.configs``.
 """
 
-from mmjax import configs, data, fusion, meta, nn, train
+from mmjax import configs, data, fusion, meta, nn, representation, train
 from mmjax.configs import apply_overrides, available_configs, get_config
 from mmjax.data import Episode, omniglot_splits, sample_episode, sample_episodes
 from mmjax.fusion import make_fusion
@@ -58,6 +59,7 @@ __all__ = [
     "meta_loss",
     "nn",
     "omniglot_splits",
+    "representation",
     "sample_episode",
     "sample_episodes",
     "task_loss",

@@ -11,6 +11,19 @@ from typing import Sequence
 from mmjax import configs
 
 
+def _episode_count(text: str) -> int:
+    """``--episodes`` value: an int >= 2 (a 95% confidence interval needs two episodes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 2:
+        raise argparse.ArgumentTypeError(
+            f"--episodes={text!r} must be an int >= 2 (episodes scored for a 95% CI)"
+        )
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmjax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,7 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", required=True, help="the run's workdir")
     evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
     evaluate.add_argument(
-        "--episodes", type=int, default=None, help="default: config.test_episodes"
+        "--episodes",
+        type=_episode_count,
+        default=None,
+        help="number of episodes, >= 2 (default: config.test_episodes)",
     )
     evaluate.add_argument("--data_dir", default=None)
     evaluate.add_argument(
@@ -94,6 +110,7 @@ def _evaluate(args) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``mmjax train`` / ``mmjax evaluate``; returns the process exit status."""
     args = _parser().parse_args(argv)
     try:
         return {"train": _train, "evaluate": _evaluate}[args.command](args)

@@ -232,13 +232,22 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
         raise
 
 
-def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray] | None:
-    """Loads every array of a cache file; None if it is missing or unreadable (logged)."""
+def load_npz(path: str | os.PathLike, keys: tuple[str, ...] = ()) -> dict[str, np.ndarray] | None:
+    """Loads every array of a cache file; None if it is missing or unreadable (logged).
+
+    A truncated or corrupt file (bad zip, bad CRC, short read) and a file lacking one of
+    ``keys`` are unreadable: the caller rebuilds the cache, never uses partial data.
+    """
     if not os.path.exists(path):
         return None
     try:
         with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
+            arrays = {k: f[k] for k in f.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         _LOG.warning("Ignoring unreadable cache file %s (%s); rebuilding it.", path, e)
         return None
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        _LOG.warning("Ignoring cache file %s without %s; rebuilding it.", path, missing)
+        return None
+    return arrays

@@ -72,10 +72,12 @@ class ClassImages:
 
     @property
     def num_classes(self) -> int:
+        """``C`` of ``images: [C, E, H, W, 1]``."""
         return self.images.shape[0]
 
     @property
     def examples_per_class(self) -> int:
+        """``E`` of ``images: [C, E, H, W, 1]`` (20 drawers in Omniglot)."""
         return self.images.shape[1]
 
     @property
@@ -97,6 +99,7 @@ def base_class_name(name: str) -> str:
 
 
 def check_subset(subset: str) -> None:
+    """Raises ``ValueError`` unless ``subset`` is one of :data:`SUBSETS`."""
     if subset not in SUBSETS:
         raise ValueError(f"subset={subset!r} is not one of {SUBSETS}")
 
@@ -236,7 +239,7 @@ def load_omniglot_subset(
         image_size=image_size,
         v=_CACHE_VERSION,
     )
-    stored = archives.load_npz(cache)
+    stored = archives.load_npz(cache, ("images", "class_names", "drawing_ids"))
     if stored is not None:
         return _from_uint8(stored["images"], stored["class_names"], stored["drawing_ids"])
     _LOG.info("Decoding %s at %dx%d into %s", path, image_size, image_size, cache)

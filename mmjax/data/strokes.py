@@ -255,10 +255,12 @@ class StrokeSequences:
 
     @property
     def num_classes(self) -> int:
+        """``C`` of ``sequences: [C, E, length, 3]``."""
         return self.sequences.shape[0]
 
     @property
     def examples_per_class(self) -> int:
+        """``E`` of ``sequences: [C, E, length, 3]``."""
         return self.sequences.shape[1]
 
 
@@ -339,7 +341,9 @@ def load_omniglot_strokes(
         mode=mode,
         v=_CACHE_VERSION,
     )
-    stored = archives.load_npz(cache)
+    stored = archives.load_npz(
+        cache, ("sequences", "mask", "drawing_ids", "class_names", "problems")
+    )
     if stored is None:
         class_names, drawing_ids, sequences, mask, problems = _read_strokes(
             image_path, stroke_path, length, mode

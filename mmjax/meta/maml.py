@@ -19,6 +19,7 @@ from typing import Any, Callable, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from mmjax.data.episodes import Episode
@@ -28,10 +29,24 @@ LossFn = Callable[[Params, chex.ArrayTree, chex.Array], tuple[chex.Array, dict]]
 
 
 def classification_loss(apply_fn: Callable[[Params, chex.ArrayTree], chex.Array]) -> LossFn:
-    """Softmax cross-entropy loss with accuracy, from ``apply_fn(params, inputs) -> logits``."""
+    """Softmax cross-entropy loss with accuracy, from ``apply_fn(params, inputs) -> logits``.
+
+    Returns ``loss_fn(params, inputs, labels) -> (loss, {"loss", "accuracy"})`` with
+    ``inputs`` leaves ``[batch, ...]``, ``labels: [batch]`` ints in ``[0, ways)`` and logits
+    ``[batch, ways]``; ``loss`` and ``accuracy`` are scalar means over the batch.
+    """
 
     def loss_fn(params: Params, inputs: chex.ArrayTree, labels: chex.Array):
+        if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+            raise TypeError(
+                f"labels must be integer class ids in [0, ways); got dtype {jnp.result_type(labels)}"
+            )
         logits = apply_fn(params, inputs)
+        if jnp.shape(labels) != jnp.shape(logits)[:-1]:
+            raise ValueError(
+                f"labels has shape {jnp.shape(labels)}; expected {jnp.shape(logits)[:-1]}, "
+                f"one label per row of the logits {jnp.shape(logits)}"
+            )
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
         accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
         return loss, {"loss": loss, "accuracy": accuracy}
@@ -83,6 +98,7 @@ def adapt(
     num_steps: int,
     first_order: bool = False,
     remat: bool = False,
+    unroll: int | bool = 1,
 ) -> tuple[Params, chex.Array]:
     """Runs ``num_steps`` of SGD on ``loss_fn`` from ``params`` (MAML's inner loop).
 
@@ -96,13 +112,17 @@ def adapt(
       first_order: stop gradients through the inner gradients (FOMAML).
       remat: rematerialise each inner step in the backward pass (``jax.checkpoint``), so
         memory stays flat as ``num_steps`` grows, at the cost of recomputation.
+      unroll: ``lax.scan`` unroll factor of the inner loop (``True``: fully unrolled). Same
+        result; fully unrolled, XLA's ``cost_analysis()`` counts every inner step (a rolled
+        loop's body is counted once), and small loops may run faster on CPU.
 
     Returns:
       ``(adapted_params, losses)`` with ``losses: [num_steps]`` the support loss before
       each step.
     """
-    if num_steps < 0:
-        raise ValueError(f"num_steps must be >= 0; got {num_steps}")
+    _check_settings(inner_lr=inner_lr, num_steps=num_steps)
+    check_inner_lr(inner_lr, params)
+    _check_support(inputs, labels)
 
     def step(current, _):
         (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(current, inputs, labels)
@@ -112,7 +132,8 @@ def adapt(
 
     if remat:
         step = jax.checkpoint(step)
-    return jax.lax.scan(step, params, None, length=num_steps)
+    unroll = num_steps if unroll is True else int(unroll)
+    return jax.lax.scan(step, params, None, length=num_steps, unroll=max(unroll, 1))
 
 
 def task_loss(
@@ -124,8 +145,12 @@ def task_loss(
     num_steps: int,
     first_order: bool = False,
     remat: bool = False,
+    unroll: int | bool = 1,
 ) -> tuple[chex.Array, dict]:
     """Adapts on the support set, then returns the query loss and metrics of one task.
+
+    ``episode`` is one `Episode` (support leaves ``[ways * shots, ...]``, query leaves
+    ``[ways * queries, ...]``, no task axis); the loss and metrics are scalars.
 
     Metrics: the query metrics of ``loss_fn`` after adaptation, plus ``support_loss``
     (the support loss before adaptation; equals the query-free loss when ``num_steps=0``).
@@ -139,6 +164,7 @@ def task_loss(
         num_steps=num_steps,
         first_order=first_order,
         remat=remat,
+        unroll=unroll,
     )
     loss, metrics = loss_fn(adapted, episode.query_inputs, episode.query_labels)
     metrics = dict(metrics)
@@ -180,8 +206,14 @@ def meta_loss(
     num_steps: int,
     first_order: bool = False,
     remat: bool = False,
+    unroll: int | bool = 1,
 ) -> tuple[chex.Array, dict]:
-    """Mean query loss over a task batch (leading axis of every ``episodes`` leaf), by vmap."""
+    """Mean query loss over a task batch (leading axis of every ``episodes`` leaf), by vmap.
+
+    ``episodes`` leaves are ``[tasks, ways * shots, ...]`` (support) and
+    ``[tasks, ways * queries, ...]`` (query); returns the scalar mean loss and the metrics
+    of :func:`task_loss` averaged over tasks.
+    """
     per_task = functools.partial(
         task_loss,
         loss_fn=loss_fn,
@@ -189,6 +221,7 @@ def meta_loss(
         num_steps=num_steps,
         first_order=first_order,
         remat=remat,
+        unroll=unroll,
     )
     return mean_over_tasks(per_task, params, episodes)
 
@@ -208,6 +241,7 @@ class MetaStep(NamedTuple):
     num_steps: int
     first_order: bool = False
     remat: bool = False
+    unroll: int | bool = 1
 
     def grad(self, params: Params, episodes: Episode) -> tuple[Params, dict]:
         """Meta-gradient and metrics for a task batch."""
@@ -219,6 +253,7 @@ class MetaStep(NamedTuple):
             num_steps=self.num_steps,
             first_order=self.first_order,
             remat=self.remat,
+            unroll=self.unroll,
         )
 
     def apply(self, params: Params, opt_state: optax.OptState, grads: Params):
@@ -241,6 +276,7 @@ def make_meta_train_step(
     num_steps: int,
     first_order: bool = False,
     remat: bool = False,
+    unroll: int | bool = 1,
     jit: bool = True,
 ):
     """Builds ``step(params, opt_state, episodes) -> (params, opt_state, metrics)``.
@@ -250,13 +286,28 @@ def make_meta_train_step(
     returned ones).
     """
     _check_settings(inner_lr=inner_lr, num_steps=num_steps)
-    step = MetaStep(loss_fn, optimizer, inner_lr, num_steps, first_order, remat).__call__
+    step = MetaStep(loss_fn, optimizer, inner_lr, num_steps, first_order, remat, unroll).__call__
     return jax.jit(step, donate_argnums=(0, 1)) if jit else step
 
 
 def _check_settings(*, inner_lr, num_steps) -> None:
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
+    """Static settings, checked before tracing (a traced ``inner_lr`` is not inspected)."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
         raise ValueError(f"num_steps must be an int >= 0; got {num_steps!r}")
-    if _is_scalar(inner_lr):
+    if _is_scalar(inner_lr) and not isinstance(inner_lr, jax.core.Tracer):
         if not float(inner_lr) > 0:
             raise ValueError(f"inner_lr must be > 0; got {inner_lr!r}")
+
+
+def _check_support(inputs: chex.ArrayTree, labels: chex.Array) -> None:
+    """One label per support example: every leaf of ``inputs`` is ``[len(labels), ...]``."""
+    label_shape = jnp.shape(labels)
+    if len(label_shape) < 1:
+        raise ValueError(f"labels has shape {label_shape}; expected [support_size]")
+    for path, leaf in jax.tree_util.tree_leaves_with_path(inputs):
+        if jnp.shape(leaf)[:1] != label_shape[:1]:
+            raise ValueError(
+                f"inputs leaf {jax.tree_util.keystr(path) or '<root>'} has shape "
+                f"{jnp.shape(leaf)} but labels has shape {label_shape}; expected "
+                f"[{label_shape[0]}, ...]: one label per support example"
+            )

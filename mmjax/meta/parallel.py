@@ -38,6 +38,10 @@ def initialize_distributed(force: bool = False) -> bool:
 def task_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A 1-D mesh over ``devices`` (default: all global devices) with axis ``"tasks"``."""
     devices = np.asarray(jax.devices() if devices is None else devices)
+    if devices.ndim != 1 or devices.size == 0:
+        raise ValueError(
+            f"devices must be a non-empty 1-D sequence of jax devices; got shape {devices.shape}"
+        )
     return Mesh(devices, (TASK_AXIS,))
 
 

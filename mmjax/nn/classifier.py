@@ -18,5 +18,13 @@ class Classifier(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: chex.ArrayTree) -> chex.Array:
+        if (
+            isinstance(self.num_classes, bool)
+            or not isinstance(self.num_classes, int)
+            or self.num_classes < 1
+        ):
+            raise ValueError(
+                f"Classifier num_classes={self.num_classes!r} must be an int >= 1 (the ways)"
+            )
         features = self.encoder(inputs)
         return nn.Dense(self.num_classes, name="head")(features)

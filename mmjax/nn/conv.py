@@ -2,10 +2,13 @@
 
 On CPU, ``jax.vmap`` of ``lax.conv_general_dilated`` over a batch of *different* kernels
 (one per task, as after MAML's inner loop) lowers to a grouped convolution that XLA:CPU
-runs very slowly. The ``im2col`` formulation below builds the patches from 9 strided
-slices and does one matmul; under ``vmap`` it becomes a batched matmul, which is fast on
-every backend. ``conv_impl="auto"`` picks ``im2col`` on CPU and ``lax`` elsewhere (see
-``benchmarks/conv_formulations.py`` for the measurements behind the choice).
+runs very slowly (a stock conv under ``vmap`` made a second-order Conv-4 meta-step more than
+100x slower on a 2-core CPU). The ``im2col`` formulation below builds the patches from 9
+strided slices and does one matmul; under ``vmap`` it becomes a batched matmul, which XLA:CPU
+runs at a good fraction of its matmul peak (``benchmarks/maml_orders.py`` measures it).
+On GPU/TPU, the vmapped ``lax`` conv becomes a grouped convolution, which cuDNN/XLA:TPU
+handle natively. ``conv_impl="auto"`` therefore picks ``im2col`` on CPU and ``lax``
+elsewhere; ``"im2col"`` or ``"lax"`` forces one (``config.model.conv_impl`` in the configs).
 """
 
 from __future__ import annotations
@@ -66,7 +69,16 @@ def conv2d_im2col(x: chex.Array, kernel: chex.Array, *, stride: int = 1) -> chex
 
 
 def conv2d_lax(x: chex.Array, kernel: chex.Array, *, stride: int = 1) -> chex.Array:
-    """Reference 2-D convolution with ``lax.conv_general_dilated`` (same padding as im2col)."""
+    """Reference 2-D convolution with ``lax.conv_general_dilated`` (same padding as im2col).
+
+    Args:
+      x: ``[batch, height, width, in_channels]``.
+      kernel: ``[k, k, in_channels, out_channels]`` (HWIO), odd ``k``.
+      stride: spatial stride.
+
+    Returns:
+      ``[batch, ceil(height / stride), ceil(width / stride), out_channels]``.
+    """
     k = kernel.shape[0]
     return jax.lax.conv_general_dilated(
         x,
@@ -142,6 +154,10 @@ class Conv4(nn.Module):
             )
         if self.pool not in ("stride", "max"):
             raise ValueError(f"pool={self.pool!r} is not one of ('stride', 'max')")
+        for name in ("features", "num_blocks"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Conv4 {name}={value!r} must be an int >= 1")
         for _ in range(self.num_blocks):
             stride = 2 if self.pool == "stride" else 1
             x = Conv2D(self.features, stride=stride, conv_impl=self.conv_impl)(x)

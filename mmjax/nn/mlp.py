@@ -6,6 +6,7 @@ from typing import Callable, Sequence
 
 import chex
 import flax.linen as nn
+import jax.numpy as jnp
 
 
 class MLP(nn.Module):
@@ -22,6 +23,14 @@ class MLP(nn.Module):
     def __call__(self, x: chex.Array) -> chex.Array:
         if not self.hidden_sizes:
             raise ValueError("MLP hidden_sizes must name at least one layer size")
+        for i, size in enumerate(self.hidden_sizes):
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ValueError(
+                    f"MLP hidden_sizes[{i}]={size!r} must be an int >= 1 "
+                    f"(hidden_sizes={tuple(self.hidden_sizes)})"
+                )
+        if jnp.ndim(x) < 1:
+            raise ValueError(f"MLP input x has shape {jnp.shape(x)}; expected [..., in_features]")
         for i, size in enumerate(self.hidden_sizes):
             x = nn.Dense(size)(x)
             if i < len(self.hidden_sizes) - 1 or self.activate_final:

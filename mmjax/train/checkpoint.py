@@ -3,22 +3,44 @@
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+# Orbax writes step ``n`` into ``n<TEMPORARY_SUFFIX>`` and renames it to ``n`` when complete.
+TEMPORARY_SUFFIX = ocp.path.atomicity.TMP_DIR_SUFFIX
+
 
 class Checkpointer:
     """Saves/restores a state pytree under ``<workdir>/checkpoints/<step>``.
 
-    Orbax writes each checkpoint into a temporary directory and renames it when complete,
-    so a crash (even ``kill -9``) during a save never leaves a checkpoint that loads
-    wrongly; an incomplete one is ignored on restore.
+    Orbax writes each checkpoint into a temporary directory ``<step>.orbax-checkpoint-tmp``
+    and renames it to ``<step>`` when complete, so a crash (even ``kill -9``) during a save
+    never leaves a checkpoint that loads wrongly: `latest_step` and `restore` only see
+    renamed (complete) steps, and the previous checkpoint stays the latest.
+
+    Args:
+      workdir: the run's folder; checkpoints go to ``<workdir>/checkpoints``.
+      max_to_keep: number of most recent checkpoints kept (int >= 1).
+      clean_up_temporary: delete temporary directories left by an interrupted save when
+        opening. Only the process that writes checkpoints (the trainer) may do this: a
+        reader (``mmjax evaluate``) running beside it would delete a save in progress.
     """
 
-    def __init__(self, workdir: str | os.PathLike, *, max_to_keep: int = 3):
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        *,
+        max_to_keep: int = 3,
+        clean_up_temporary: bool = False,
+    ):
+        if isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1:
+            raise ValueError(f"max_to_keep={max_to_keep!r} must be an int >= 1")
         self.directory = os.path.abspath(os.path.join(os.fspath(workdir), "checkpoints"))
+        # Names of the temporary directories of interrupted saves deleted when opening.
+        self.removed_temporary = self.remove_temporary() if clean_up_temporary else []
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -26,7 +48,17 @@ class Checkpointer:
             ),
         )
 
+    def remove_temporary(self) -> list[str]:
+        """Deletes the temporary directories of interrupted saves; returns their names."""
+        if not os.path.isdir(self.directory):
+            return []
+        names = sorted(n for n in os.listdir(self.directory) if TEMPORARY_SUFFIX in n)
+        for name in names:
+            shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        return names
+
     def latest_step(self) -> int | None:
+        """The step of the newest complete checkpoint, or ``None`` when there is none."""
         return self._manager.latest_step()
 
     def save(self, step: int, state: Any) -> None:
@@ -43,4 +75,5 @@ class Checkpointer:
         return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
     def close(self) -> None:
+        """Waits for pending saves and releases the checkpoint manager."""
         self._manager.close()

@@ -17,9 +17,14 @@ class MetricsWriter:
 
         self.workdir = os.fspath(workdir)
         self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"))
-        self._jsonl = open(os.path.join(self.workdir, "metrics.jsonl"), "a")
+        path = os.path.join(self.workdir, "metrics.jsonl")
+        torn = os.path.exists(path) and os.path.getsize(path) > 0 and _last_byte(path) != b"\n"
+        self._jsonl = open(path, "a")
+        if torn:  # a run killed in mid-write: end its torn record so that ours stay whole
+            self._jsonl.write("\n")
 
     def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
+        """Logs the scalar entries of ``metrics`` (arrays of shape ``[]``) as ``<split>/<name>``."""
         scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
         for name, value in scalars.items():
             self._tb.add_scalar(f"{split}/{name}", value, step)
@@ -27,8 +32,15 @@ class MetricsWriter:
         self._jsonl.flush()
 
     def close(self) -> None:
+        """Flushes and closes both sinks."""
         self._tb.close()
         self._jsonl.close()
+
+
+def _last_byte(path: str) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
@@ -36,7 +48,10 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     records = {}
     with open(path) as f:
         for line in f:
-            record = json.loads(line)
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # torn by a kill during the write; logged again
+                continue
             records[(record["split"], record["step"])] = record
     return sorted(records.values(), key=lambda r: (r["split"], r["step"]))
 
@@ -45,15 +60,14 @@ def plot_learning_curve(
     metrics_path: str | os.PathLike, out_path: str | os.PathLike, title: str = ""
 ) -> None:
     """Plots train query loss/accuracy and validation accuracy (with 95% CI) against step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure (no pyplot): no global backend switch, so notebooks keep inline plots.
+    from matplotlib.figure import Figure
 
     records = read_metrics(metrics_path)
     train = [r for r in records if r["split"] == "train"]
     val = [r for r in records if r["split"] == "val"]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     if train:
         steps = [r["step"] for r in train]
         ax_loss.plot(steps, [r["loss"] for r in train], label="train query loss")
@@ -77,4 +91,3 @@ def plot_learning_curve(
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out_path, dpi=110)
-    plt.close(fig)

@@ -71,6 +71,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "test_episodes": config.test_episodes,
         "eval_batch_size": config.eval_batch_size,
         "val_episodes": config.val_episodes,
+        "keep_checkpoints": config.keep_checkpoints,
     }
     for name, value in positive.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -216,6 +217,14 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
+def _write_atomically(path: str, text: str) -> None:
+    """Writes ``text`` to a temporary file beside ``path``, then renames it over ``path``."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def _scalars(metrics: dict) -> dict:
     return {k: float(v) for k, v in metrics.items() if k != "finite"}
 
@@ -233,11 +242,14 @@ def train(
     validate_config(config)
     workdir = os.fspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json(indent=2))
+    _write_atomically(os.path.join(workdir, "config.json"), config.to_json(indent=2))
 
     splits, learner, optimizer, state = build_run(config)
-    checkpointer = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
+    checkpointer = Checkpointer(
+        workdir, max_to_keep=config.keep_checkpoints, clean_up_temporary=True
+    )
+    for name in checkpointer.removed_temporary:
+        print(f"Removed the unfinished checkpoint save {name} (the run was killed during it)")
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(state)
         print(f"Resumed from {checkpointer.directory} at step {int(state.step)}")
@@ -338,8 +350,7 @@ def train(
         "shots": config.shots,
         "algorithm": learner.name,
     }
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    _write_atomically(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
     plot_learning_curve(
         os.path.join(workdir, "metrics.jsonl"),
         os.path.join(workdir, "learning_curve.png"),

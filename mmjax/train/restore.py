@@ -44,6 +44,8 @@ def evaluate_checkpoint(
     overrides: Sequence[str] = (),
 ) -> dict:
     """Accuracy ± 95% CI of the latest checkpoint on ``split`` (default ``config.test_episodes``)."""
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split={split!r} is not one of ('train', 'val', 'test')")
     config, splits, learner, state = load_run(workdir, overrides)
     result = evaluate_learner(
         learner,
@@ -53,7 +55,7 @@ def evaluate_checkpoint(
         ways=config.ways,
         shots=config.shots,
         queries=config.queries,
-        num_episodes=num_episodes or config.test_episodes,
+        num_episodes=config.test_episodes if num_episodes is None else num_episodes,
         batch_size=config.eval_batch_size,
         progress=True,
     )

@@ -4,6 +4,9 @@ import io
 import os
 import pathlib
 import shutil
+import signal
+import subprocess
+import sys
 import urllib.error
 import zipfile
 
@@ -211,3 +214,55 @@ def test_copy_of_real_archive_under_other_dir_verifies(tmp_path, real_root):
     folder.mkdir()
     shutil.copy(real_root / "omniglot" / SMALL1, folder / SMALL1)
     assert archives.archive_path("images_background_small1", folder).is_file()
+
+
+def test_load_npz_refuses_truncated_or_incomplete_cache(tmp_path, caplog):
+    path = tmp_path / "c.npz"
+    archives.atomic_save_npz(path, images=np.arange(50000, dtype=np.uint8), names=np.array(["a"]))
+    data = path.read_bytes()
+    for cut in (len(data) - 1, len(data) // 2, 100):  # end, middle and header cut off
+        (tmp_path / "cut.npz").write_bytes(data[:cut])
+        assert archives.load_npz(tmp_path / "cut.npz") is None, cut
+    corrupt = bytearray(data)
+    corrupt[len(data) // 3] ^= 0xFF  # one flipped byte inside the array data: bad CRC
+    (tmp_path / "flip.npz").write_bytes(bytes(corrupt))
+    assert archives.load_npz(tmp_path / "flip.npz") is None
+    assert archives.load_npz(path, ("images", "names"))["images"].size == 50000
+    assert archives.load_npz(path, ("images", "drawing_ids")) is None
+    assert "without ['drawing_ids']" in caplog.text
+
+
+# Saves ``new`` over the cache file argv[1], but its np.savez writes half of the data and
+# then waits (printing "writing") to be killed.
+_KILLED_SAVE = r"""
+import sys, time
+import numpy as np
+from mmjax.data import archives
+
+def half_then_wait(f, **arrays):
+    f.write(b"PK" + b"\0" * 1000)
+    f.flush()
+    print("writing", flush=True)
+    while True:
+        time.sleep(1)
+
+archives.np.savez = half_then_wait
+archives.atomic_save_npz(sys.argv[1], x=np.full(10, 2.0))
+"""
+
+
+def test_sigkill_during_cache_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "cache.npz"
+    archives.atomic_save_npz(path, x=np.full(10, 1.0))
+    process = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_SAVE, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout.readline() == "writing\n"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stdout.close()
+    np.testing.assert_array_equal(archives.load_npz(path)["x"], np.full(10, 1.0))
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "cache.npz"]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".cache.npz.")  # hidden temp file
+    archives.atomic_save_npz(path, x=np.full(10, 3.0))  # a later save still works
+    np.testing.assert_array_equal(archives.load_npz(path)["x"], np.full(10, 3.0))

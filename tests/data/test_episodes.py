@@ -3,6 +3,8 @@
 import functools
 
 import chex
+import hypothesis
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -199,3 +201,125 @@ def test_to_device():
     assert isinstance(episodes.to_device(images), jax.Array)
     tree = episodes.to_device({"x": np.zeros((2, 3))})
     assert isinstance(tree["x"], jax.Array)
+
+
+# Property-based tests (hypothesis). Every new shape costs the loaded CPU a compilation
+# (about a second), so the valid specs come from a small set covering the edges (one way,
+# every class, every example, one shot) and hypothesis varies the keys; invalid specs raise
+# before tracing and are drawn from the whole range.
+
+# (num_classes, num_examples, ways, shots, queries)
+VALID_SPECS = [
+    (1, 2, 1, 1, 1),  # one class, every example
+    (5, 4, 5, 1, 3),  # every class and every example
+    (7, 6, 3, 2, 2),
+    (9, 5, 1, 3, 1),  # one way
+    (12, 9, 6, 1, 8),
+]
+
+
+def _check_pair_episode(episode, num_classes, num_examples, ways, shots, queries):
+    """Every documented property of one sampled episode of `_pair_data`."""
+    support, query = episode.support_inputs, episode.query_inputs
+    chex.assert_shape(support["code"], (ways * shots, 1, 1))
+    chex.assert_shape(query["code"], (ways * queries, 1, 1))
+    chex.assert_shape(support["pair"], (ways * shots, 2))
+    chex.assert_shape(query["pair"], (ways * queries, 2))
+    np.testing.assert_array_equal(episode.support_labels, np.repeat(np.arange(ways), shots))
+    np.testing.assert_array_equal(episode.query_labels, np.repeat(np.arange(ways), queries))
+    assert episode.support_labels.dtype == episode.query_labels.dtype == jnp.int32
+    # Both leaves were gathered at the same (class, example) indices.
+    for inputs in (support, query):
+        code = np.asarray(inputs["code"]).reshape(-1)
+        pair = np.asarray(inputs["pair"])
+        np.testing.assert_array_equal(code, 1000 * pair[:, 0] + pair[:, 1])
+    s_pair = np.asarray(support["pair"]).reshape(ways, shots, 2)
+    q_pair = np.asarray(query["pair"]).reshape(ways, queries, 2)
+    classes = s_pair[:, 0, 0]
+    assert len(set(classes.tolist())) == ways  # distinct classes, one per label
+    assert ((0 <= classes) & (classes < num_classes)).all()
+    for label in range(ways):
+        assert (s_pair[label, :, 0] == classes[label]).all()
+        assert (q_pair[label, :, 0] == classes[label]).all()
+        examples = np.concatenate([s_pair[label, :, 1], q_pair[label, :, 1]])
+        assert len(set(examples.tolist())) == shots + queries  # support and query never overlap
+        assert ((0 <= examples) & (examples < num_examples)).all()
+
+
+def _pair_data(num_classes, num_examples):
+    """Two leaves indexed alike: codes [C, E, 1, 1] = 1000 c + e and pairs [C, E, 2] = (c, e)."""
+    c, e = np.meshgrid(np.arange(num_classes), np.arange(num_examples), indexing="ij")
+    return {
+        "code": jnp.asarray((1000 * c + e)[:, :, None, None], jnp.int32),
+        "pair": jnp.asarray(np.stack([c, e], axis=-1), jnp.int32),
+    }
+
+
+@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.given(spec=st.sampled_from(VALID_SPECS), seed=st.integers(0, 2**32 - 1))
+def test_property_sample_episode(spec, seed):
+    data = _pair_data(*spec[:2])
+    ways, shots, queries = spec[2:]
+    episode = episodes.sample_episode(
+        jax.random.PRNGKey(seed), data, ways=ways, shots=shots, queries=queries
+    )
+    _check_pair_episode(episode, *spec)
+
+
+@hypothesis.settings(max_examples=10, deadline=None)
+@hypothesis.given(spec=st.sampled_from(VALID_SPECS[1:4]), seed=st.integers(0, 2**32 - 1))
+def test_property_sample_episodes_batch(spec, seed):
+    batch_size = 3
+    data = _pair_data(*spec[:2])
+    ways, shots, queries = spec[2:]
+    batch = episodes.sample_episodes(
+        jax.random.PRNGKey(seed),
+        data,
+        batch_size=batch_size,
+        ways=ways,
+        shots=shots,
+        queries=queries,
+    )
+    chex.assert_shape(batch.support_labels, (batch_size, ways * shots))
+    chex.assert_shape(batch.query_labels, (batch_size, ways * queries))
+    for i in range(batch_size):
+        _check_pair_episode(jax.tree.map(lambda x: x[i], batch), *spec)
+
+
+@st.composite
+def _invalid_specs(draw):
+    """(num_classes, num_examples, ways, shots, queries, expected message) that must fail."""
+    num_classes, num_examples = draw(st.integers(1, 12)), draw(st.integers(2, 9))
+    kind = draw(st.sampled_from(["ways", "examples", "nonpositive"]))
+    ways, shots, queries = 1, 1, 1
+    if kind == "ways":
+        ways = draw(st.integers(num_classes + 1, num_classes + 5))
+        message = f"ways={ways} exceeds the {num_classes} classes available"
+    elif kind == "examples":
+        shots = draw(st.integers(1, num_examples))
+        queries = draw(st.integers(max(1, num_examples - shots + 1), num_examples + 3))
+        message = (
+            rf"shots \+ queries = {shots + queries} \(shots={shots}, queries={queries}\) "
+            f"exceeds the {num_examples} examples per class"
+        )
+    else:
+        name = draw(st.sampled_from(["ways", "shots", "queries"]))
+        value = draw(st.integers(-3, 0))
+        ways, shots, queries = [value if n == name else 1 for n in ("ways", "shots", "queries")]
+        message = f"{name}={value} must be an int >= 1"
+    return num_classes, num_examples, ways, shots, queries, message
+
+
+@hypothesis.settings(max_examples=30, deadline=None)
+@hypothesis.given(spec=_invalid_specs())
+def test_property_invalid_specs_raise_before_tracing(spec):
+    num_classes, num_examples, ways, shots, queries, message = spec
+    data = _pair_data(num_classes, num_examples)
+    with pytest.raises(ValueError, match=message):
+        episodes.validate_episode_spec(
+            num_classes, num_examples, ways=ways, shots=shots, queries=queries
+        )
+    with pytest.raises(ValueError, match=message):  # the jitted sampler refuses it too
+        episodes.sample_episodes(
+            jax.random.PRNGKey(0), data, batch_size=2, ways=ways, shots=shots, queries=queries
+        )

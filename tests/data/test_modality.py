@@ -1,5 +1,9 @@
 """Modality dropout (rate honoured, never all off) and evaluation conditions (exact masks)."""
 
+import re
+
+import hypothesis
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -134,3 +138,68 @@ def test_bad_inputs_raise_clear_errors():
     image_only = good._replace(support_inputs=jnp.zeros((5, 4, 4, 1)))
     with pytest.raises(ValueError, match="must be a dict"):
         apply_condition(image_only, "both")
+
+
+# Property-based tests (hypothesis) over random masks. The leading shapes come from a small
+# set, so that the eager ops compile once per shape; the mask values and rates are free.
+
+MASK_SHAPES = [(1, 2), (6, 2), (2, 3, 2)]
+
+
+@st.composite
+def _masks(draw, *, allow_empty_rows=False):
+    """A 0/1 float32 mask [..., samples, 2]; without ``allow_empty_rows`` no sample is all off."""
+    shape = draw(st.sampled_from(MASK_SHAPES))
+    rows = [(1.0, 1.0), (1.0, 0.0), (0.0, 1.0)] + ([(0.0, 0.0)] if allow_empty_rows else [])
+    count = int(np.prod(shape[:-1]))
+    picked = draw(st.lists(st.sampled_from(rows), min_size=count, max_size=count))
+    return np.asarray(picked, np.float32).reshape(shape)
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(mask=_masks(), rate=st.floats(0.0, 0.5), seed=st.integers(0, 2**32 - 1))
+def test_property_dropout_only_removes_and_never_empties_a_sample(mask, rate, seed):
+    out = np.asarray(dropout_mask(jax.random.PRNGKey(seed), mask, rate=rate))
+    assert out.shape == mask.shape and out.dtype == mask.dtype
+    assert set(np.unique(out)) <= {0.0, 1.0}
+    assert np.all(out <= mask), "dropout switched a missing modality on"
+    assert np.all(out.sum(-1) >= 1), "a sample lost every modality"
+    single = mask.sum(-1) == 1
+    np.testing.assert_array_equal(out[single], mask[single])  # a lone modality is kept
+    if rate == 0.0:
+        np.testing.assert_array_equal(out, mask)
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(
+    support=_masks(allow_empty_rows=True),
+    query=_masks(allow_empty_rows=True),
+    condition=st.sampled_from(CONDITIONS),
+    missing=st.sampled_from(["image", "strokes"]),
+)
+def test_property_condition_is_mask_times_factor_or_a_clear_error(
+    support, query, condition, missing
+):
+    episodes = make_episodes(support, query)
+    support_factor, query_factor = condition_masks(condition, missing=missing)
+    expected = {"support_inputs": support * support_factor, "query_inputs": query * query_factor}
+    # The error names the first set with a sample that has nothing: the given masks are
+    # checked first (support, then query), then the masks the condition leaves.
+    given = {"support_inputs": support, "query_inputs": query}
+    for where, mask in [(w, given[w]) for w in given] + [(w, expected[w]) for w in expected]:
+        off = mask.sum(-1) == 0
+        if off.any():
+            first = tuple(int(i) for i in np.argwhere(off)[0])
+            with pytest.raises(
+                ValueError,
+                match=(
+                    rf"{where}\['mask'\] has {int(off.sum())} samples with every modality off "
+                    rf"\(first at index {re.escape(str(first))}\)"
+                ),
+            ):
+                apply_condition(episodes, condition, missing=missing)
+            return
+    out = apply_condition(episodes, condition, missing=missing)
+    np.testing.assert_array_equal(out.support_inputs["mask"], expected["support_inputs"])
+    np.testing.assert_array_equal(out.query_inputs["mask"], expected["query_inputs"])
+    assert out.support_inputs["image"] is episodes.support_inputs["image"]

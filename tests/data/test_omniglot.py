@@ -166,6 +166,27 @@ def test_cache_rebuilt_when_archive_changes(tmp_path, monkeypatch):
     assert len(list(cache.glob(f"*-{new_md5}-*.npz"))) == 1
 
 
+@pytest.mark.parametrize("damage", ["truncate", "foreign"])
+def test_damaged_cache_is_rebuilt_never_used(cache, small1, tmp_path, monkeypatch, damage):
+    name = next(
+        p.name for p in cache.iterdir() if "background_small1" in p.name and "=28" in p.name
+    )
+    private = tmp_path / "cache"
+    private.mkdir()
+    if damage == "truncate":  # e.g. a disk that filled up under an older, non-atomic writer
+        data = (cache / name).read_bytes()
+        (private / name).write_bytes(data[: len(data) // 2])
+    else:  # a valid .npz under the right name that lacks the arrays
+        np.savez(private / name, images=np.zeros((1, 1, 28, 28), np.uint8))
+    calls = _counting_decoder(monkeypatch)
+    again = omniglot.load_omniglot_subset("background_small1", cache_dir=private)
+    assert len(calls) == 136 * 20  # decoded again from the archive...
+    np.testing.assert_array_equal(again.images, small1.images)  # ...to the right data
+    assert again.class_names == small1.class_names
+    loaded = archives.load_npz(private / name, ("images", "class_names", "drawing_ids"))
+    assert loaded["images"].shape == (136, 20, 28, 28)  # and the cache file is whole again
+
+
 def test_corrupt_png_names_the_member(tmp_path, real_zip):
     bad = f"{SMALL1}/Greek/character03/0396_05.png"
     path = _synthetic_zip(

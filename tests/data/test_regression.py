@@ -1,6 +1,8 @@
 """Multimodal regression tasks: published parameter ranges, shapes, modes, determinism."""
 
 import chex
+import hypothesis
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -103,3 +105,57 @@ def test_bad_arguments_name_valid_values():
         )
     with pytest.raises(ValueError, match="family='cubic' is not one of sinusoid, linear"):
         regression.sample_parameters(jax.random.key(0), "cubic")
+
+
+# Property-based tests (hypothesis): a few task shapes (each compiles once), free keys and
+# modes; invalid arguments from the whole range raise before tracing.
+# (batch_size, shots, queries, num_modes, oracle mode or None)
+TASK_SPECS = [(2, 1, 1, 5, None), (3, 5, 7, 2, 1)]
+
+
+@hypothesis.settings(max_examples=15, deadline=None)
+@hypothesis.given(spec=st.sampled_from(TASK_SPECS), seed=st.integers(0, 2**32 - 1))
+def test_property_task_shapes_modes_and_input_range(spec, seed):
+    batch_size, shots, queries, num_modes, mode = spec
+    tasks, modes = regression.sample_regression_tasks(
+        jax.random.PRNGKey(seed),
+        num_modes=num_modes,
+        batch_size=batch_size,
+        shots=shots,
+        queries=queries,
+        mode=mode,
+    )
+    chex.assert_shape(tasks.support_inputs, (batch_size, shots, 1))
+    chex.assert_shape(tasks.support_labels, (batch_size, shots))
+    chex.assert_shape(tasks.query_inputs, (batch_size, queries, 1))
+    chex.assert_shape(tasks.query_labels, (batch_size, queries))
+    chex.assert_shape(modes, (batch_size,))
+    assert modes.dtype == jnp.int32
+    modes = np.asarray(modes)
+    assert ((0 <= modes) & (modes < num_modes)).all()
+    if mode is not None:
+        assert (modes == mode).all()
+    for x in (tasks.support_inputs, tasks.query_inputs):
+        assert ((-5.0 <= np.asarray(x)) & (np.asarray(x) <= 5.0)).all()
+    chex.assert_tree_all_finite(tasks)
+
+
+@hypothesis.settings(max_examples=30, deadline=None)
+@hypothesis.given(
+    name=st.sampled_from(["batch_size", "shots", "queries", "num_modes", "mode"]),
+    value=st.integers(-3, 9),
+)
+def test_property_invalid_task_arguments_raise(name, value):
+    kwargs = dict(num_modes=3, batch_size=2, shots=1, queries=1)
+    if name == "mode":
+        hypothesis.assume(not 0 <= value < 3)
+        message = rf"mode={value} must be in \[0, 3\) for num_modes=3"
+    elif name == "num_modes":
+        hypothesis.assume(value not in (2, 3, 5))
+        message = rf"num_modes={value} is not one of \[2, 3, 5\]"
+    else:
+        hypothesis.assume(value < 1)
+        message = f"{name}={value} must be an int >= 1"
+    kwargs[name] = value
+    with pytest.raises(ValueError, match=message):
+        regression.sample_regression_tasks(jax.random.PRNGKey(0), **kwargs)

@@ -191,3 +191,13 @@ def test_meta_train_step_learns_synthetic_tasks():
         params, opt_state, metrics = step(params, opt_state, _episodes(jax.random.key(i), 16))
     after = maml.meta_loss(params, eval_episodes, loss_fn=loss_fn, inner_lr=0.5, num_steps=1)[0]
     assert after < 0.8 * before
+
+
+@pytest.mark.parametrize("unroll", [True, 2])
+def test_unrolled_inner_loop_gives_equal_gradients(unroll):
+    model, params = _model_and_params()
+    episodes = _episodes(jax.random.key(7), 2)
+    kwargs = dict(loss_fn=maml.classification_loss(model.apply), inner_lr=0.4, num_steps=3)
+    rolled, _ = maml.meta_grad(params, episodes, **kwargs)
+    unrolled, _ = maml.meta_grad(params, episodes, unroll=unroll, **kwargs)
+    chex.assert_trees_all_close(rolled, unrolled, rtol=1e-5, atol=1e-6)

@@ -239,3 +239,22 @@ def test_missing_data_dir_says_where_to_put_files(tmp_path):
 def test_regression_config_is_refused_by_the_classification_trainer(tmp_path):
     with pytest.raises(ValueError, match="regression config"):
         loop.train(configs.get_config("regression_2modes_5shot"), tmp_path, progress=False)
+
+
+@pytest.mark.slow
+def test_same_seed_and_config_give_bit_identical_runs_in_two_processes(tmp_path, reference_run):
+    from mmjax.train.logging import read_metrics
+    from tests.train.conftest import run_cli
+
+    run_cli(tmp_path / "again")  # a fresh process that compiles everything itself
+    timing = {"step_time", "tasks_per_second"}
+    records = [
+        [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(w / "metrics.jsonl")]
+        for w in (reference_run, tmp_path / "again")
+    ]
+    assert [r["step"] for r in records[0] if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert records[0] == records[1]  # every logged loss and accuracy, to the last bit
+    assert json.load(open(reference_run / "results.json")) == json.load(
+        open(tmp_path / "again" / "results.json")
+    )
+    jax.tree.map(np.testing.assert_array_equal, _params(reference_run), _params(tmp_path / "again"))

@@ -1,0 +1,540 @@
+"""Second- vs first-order MAML: speed, memory, FLOPs and accuracy in one table.
+
+For Conv-4 on Omniglot shapes, every configuration (order x inner steps x remat x ways x
+shots x queries x meta-batch) is measured in its own subprocess (peak RSS is per process):
+
+* ``compile_s``: ``jit(step).lower(...).compile()`` of the whole meta-step;
+* ``s_per_step`` / ``tasks_per_s``: median of ``--repeats`` steps after a warm-up, each
+  ended by ``block_until_ready``;
+* ``peak_memory_mb``: the process's peak RSS on CPU, the device's ``peak_bytes_in_use`` on
+  GPU/TPU; ``xla_temp_mb``: the compiled step's temporary buffers (``memory_analysis()``);
+* ``gflop_per_step``: XLA's ``cost_analysis()`` of the meta-step lowered with the inner
+  ``lax.scan`` *fully unrolled* (a rolled loop's body is counted once, so the count would
+  not grow with inner steps); ``peak_fraction``: achieved GFLOP/s over the GFLOP/s of a
+  large f32 matmul measured on the same backend at the start of the run.
+
+With ``--accuracy`` each configuration is also meta-trained on real Omniglot
+(``mmjax.train.loop.train``, the ``quick`` config with the row's shapes) for
+``--train_steps`` steps and its meta-test accuracy +- 95% CI is added to the row.
+
+When torch + learn2learn import (in this interpreter or in ``--l2l_python``), each
+non-remat configuration is also timed with learn2learn's ``MAML`` + ``OmniglotCNN`` on
+identical shapes (``benchmarks/l2l_reference.py``), alternating processes ``--rounds``
+times, and the speed ratio is reported.
+
+Writes ``OUT/maml_orders.jsonl`` (one JSON object per configuration), ``OUT/maml_orders.md``
+and ``OUT/time_vs_inner_steps.png``, ``OUT/memory_vs_inner_steps.png``.
+
+  python benchmarks/maml_orders.py --out /tmp/maml_orders --inner_steps 1 2 5 10 \
+      --remat both --remat_at 10 --l2l_python /path/to/l2l-venv/bin/python
+  python benchmarks/maml_orders.py --smoke --out /tmp/smoke            # tiny, < 1 min
+  python benchmarks/maml_orders.py --accuracy --inner_steps 1 --train_steps 300 --out /tmp/acc
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import itertools
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+ORDERS = ("second", "first")
+CONV_IMPLS = ("auto", "im2col", "lax")
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 7) -> float:
+    """GFLOP/s of the fastest of ``repeats`` ``[size, size] @ [size, size]`` f32 matmuls."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
+    matmul = jax.jit(jnp.matmul).lower(a, b).compile()
+    jax.block_until_ready(matmul(a, b))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(matmul(a, b))
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def _peak_memory_mb(jax) -> tuple[float, str]:
+    device = jax.devices()[0]
+    stats = device.memory_stats() if jax.default_backend() != "cpu" else None
+    if stats and "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2**20, "device peak_bytes_in_use"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "host peak RSS"
+
+
+def _build(spec: dict):
+    """Model, synthetic episodes of the row's shapes, params and optimizer state."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from mmjax.meta import maml
+    from mmjax.nn import Classifier, Conv4
+
+    ways, shots, queries, batch = spec["ways"], spec["shots"], spec["queries"], spec["meta_batch"]
+    size = spec["image_size"]
+    conv4 = Conv4(
+        features=spec["features"], num_blocks=spec.get("num_blocks", 4), conv_impl=spec["conv_impl"]
+    )
+    model = Classifier(conv4, num_classes=ways)
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    episodes = maml.Episode(
+        jax.random.uniform(keys[0], (batch, ways * shots, size, size, 1)),
+        jnp.tile(jnp.repeat(jnp.arange(ways), shots), (batch, 1)),
+        jax.random.uniform(keys[1], (batch, ways * queries, size, size, 1)),
+        jnp.tile(jnp.repeat(jnp.arange(ways), queries), (batch, 1)),
+    )
+    params = model.init(keys[2], episodes.support_inputs[0])
+    optimizer = optax.adam(1e-3)
+    return model, episodes, params, optimizer, optimizer.init(params)
+
+
+def measure(spec: dict) -> dict:
+    """Times, compiles, counts and sizes one configuration in this process."""
+    import jax
+
+    from mmjax.meta import maml
+    from mmjax.nn import resolve_conv_impl
+
+    model, episodes, params, optimizer, opt_state = _build(spec)
+    settings = dict(
+        inner_lr=0.4,
+        num_steps=spec["inner_steps"],
+        first_order=spec["order"] == "first",
+        remat=spec["remat"],
+    )
+    loss_fn = maml.classification_loss(model.apply)
+    # FLOPs: lower (no compile) with the inner loop unrolled, so every inner step counts.
+    unrolled = maml.make_meta_train_step(loss_fn, optimizer, unroll=True, jit=False, **settings)
+    cost = jax.jit(unrolled).lower(params, opt_state, episodes).cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+    step = maml.make_meta_train_step(loss_fn, optimizer, unroll=spec["unroll"], **settings)
+    start = time.perf_counter()
+    compiled = step.lower(params, opt_state, episodes).compile()
+    compile_s = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    params, opt_state, _ = compiled(params, opt_state, episodes)  # warm-up
+    jax.block_until_ready(params)
+    times = []
+    for _ in range(spec["repeats"]):
+        start = time.perf_counter()
+        params, opt_state, metrics = compiled(params, opt_state, episodes)
+        jax.block_until_ready((params, metrics))
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    peak_mb, memory_source = _peak_memory_mb(jax)
+    achieved = flops / 1e9 / median
+    return dict(
+        spec,
+        conv_impl_resolved=resolve_conv_impl(spec["conv_impl"]),
+        backend=jax.default_backend(),
+        device=str(jax.devices()[0].device_kind),
+        jax=jax.__version__,
+        tasks_per_s=round(spec["meta_batch"] / median, 2),
+        s_per_step=round(median, 5),
+        s_per_step_all=[round(t, 5) for t in times],
+        compile_s=round(compile_s, 3),
+        peak_memory_mb=round(peak_mb, 1),
+        memory_source=memory_source,
+        xla_temp_mb=round(memory.temp_size_in_bytes / 2**20, 1) if memory is not None else None,
+        gflop_per_step=round(flops / 1e9, 6),
+        flop_count="cost_analysis, inner loop unrolled",
+        achieved_gflop_s=round(achieved, 2),
+        peak_fraction=round(achieved / spec["matmul_peak_gflop_s"], 4),
+    )
+
+
+def train_accuracy(spec: dict) -> dict:
+    """Meta-trains the row's configuration on Omniglot; meta-test accuracy +- 95% CI."""
+    from mmjax.configs import quick
+    from mmjax.train.loop import train
+
+    config = quick.get_config()
+    config.ways, config.shots = spec["ways"], spec["shots"]
+    config.queries, config.meta_batch_size = spec["queries"], spec["meta_batch"]
+    config.model.features, config.model.conv_impl = spec["features"], spec["conv_impl"]
+    config.maml.first_order = spec["order"] == "first"
+    config.maml.num_inner_steps = spec["inner_steps"]
+    config.maml.remat = spec["remat"]
+    config.num_steps = spec["train_steps"]
+    config.log_every = max(1, min(config.log_every, spec["train_steps"]))
+    config.eval_every = spec["train_steps"] + 1  # no validation passes: the budget is training
+    config.checkpoint_every = spec["train_steps"]
+    config.test_episodes = spec["test_episodes"]
+    workdir = spec["workdir"]
+    start = time.perf_counter()
+    results = train(config, workdir, progress=False)
+    return dict(
+        test_accuracy=round(float(results["test_accuracy"]), 4),
+        test_accuracy_ci95=round(float(results["test_accuracy_ci95"]), 4),
+        test_episodes=int(results["test_episodes"]),
+        train_steps=int(results["steps"]),
+        train_s=round(time.perf_counter() - start, 1),
+        eval_inner_steps=int(config.maml.eval_num_inner_steps),
+    )
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _child_env() -> dict:
+    env = dict(os.environ)
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    env["XLA_FLAGS"] = " ".join(flags)  # one device: the benchmark measures one meta-step
+    return env
+
+
+def _in_child(task: str, spec: dict) -> dict:
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--child", task, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=_child_env(),
+    )
+    if out.returncode:
+        raise RuntimeError(f"{task} child failed for {spec}:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _run_l2l(python: str, spec: dict) -> dict:
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "l2l_reference.py")
+    flags = []
+    for name in ("order", "inner_steps", "ways", "shots", "queries", "meta_batch", "features",
+                 "image_size", "repeats", "threads"):
+        flags += [f"--{name}", str(spec[name])]
+    out = subprocess.run([python, script, *flags], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"learn2learn reference failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _l2l_python(args) -> str | None:
+    if args.l2l == "no":
+        return None
+    if args.l2l_python:
+        return args.l2l_python
+    if importlib.util.find_spec("torch") and importlib.util.find_spec("learn2learn"):
+        return sys.executable
+    if args.l2l == "yes":
+        raise ValueError(
+            "--l2l yes: torch/learn2learn do not import here; pass --l2l_python PYTHON "
+            "(an interpreter that has them) or set MMJAX_L2L_PYTHON"
+        )
+    return None
+
+
+# --------------------------------------------------------------------------- output
+
+
+def markdown(rows: list[dict], header: str = "") -> str:
+    """Rows as a Markdown table (speed, memory, FLOPs; learn2learn and accuracy if present)."""
+    head = (
+        "| order | inner steps | remat | ways | shots | queries | meta-batch | tasks/s | s/step "
+        "| compile s | peak MB | XLA temp MB | GFLOP/step | % matmul peak |"
+    )
+    with_l2l = any("l2l_tasks_per_s" in r for r in rows)
+    with_acc = any("test_accuracy" in r for r in rows)
+    if with_l2l:
+        head += " learn2learn tasks/s | speed-up |"
+    if with_acc:
+        head += " train steps | test accuracy (95% CI) |"
+    lines = [header] if header else []
+    lines += [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
+    for r in rows:
+        temp = "-" if r.get("xla_temp_mb") is None else f"{r['xla_temp_mb']:.0f}"
+        line = (
+            f"| {r['order']} | {r['inner_steps']} | {'yes' if r['remat'] else 'no'} | "
+            f"{r['ways']} | {r['shots']} | {r['queries']} | {r['meta_batch']} | "
+            f"{r['tasks_per_s']:.1f} | {r['s_per_step']:.3f} | {r['compile_s']:.1f} | "
+            f"{r['peak_memory_mb']:.0f} | {temp} | {r['gflop_per_step']:.2f} | "
+            f"{100 * r['peak_fraction']:.0f}% |"
+        )
+        if with_l2l:
+            if "l2l_tasks_per_s" in r:
+                line += f" {r['l2l_tasks_per_s']:.1f} | {r['speedup_vs_l2l']:.2f}x |"
+            else:
+                line += " - | - |"
+        if with_acc:
+            if "test_accuracy" in r:
+                line += (
+                    f" {r['train_steps']} | {100 * r['test_accuracy']:.1f}% "
+                    f"± {100 * r['test_accuracy_ci95']:.1f} |"
+                )
+            else:
+                line += " - | - |"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], out_dir: str) -> list[str]:
+    """Time and memory vs inner steps: one line per order, remat dashed, learn2learn dotted.
+
+    Only rows of the first (ways, shots, queries, meta-batch) shape are drawn.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shape_of = lambda r: (r["ways"], r["shots"], r["queries"], r["meta_batch"])  # noqa: E731
+    shape = shape_of(rows[0])
+    rows = [r for r in rows if shape_of(r) == shape]
+    colors = {"second": "tab:blue", "first": "tab:orange"}
+    paths = []
+    for key, ylabel, name in (
+        ("s_per_step", "seconds per meta-step", "time_vs_inner_steps.png"),
+        ("peak_memory_mb", f"peak memory, MB ({rows[0]['memory_source']})",
+         "memory_vs_inner_steps.png"),
+    ):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for order in ORDERS:
+            for remat in (False, True):
+                line = sorted(
+                    (r for r in rows if r["order"] == order and r["remat"] == remat),
+                    key=lambda r: r["inner_steps"],
+                )
+                if not line:
+                    continue
+                ax.plot(
+                    [r["inner_steps"] for r in line],
+                    [r[key] for r in line],
+                    marker="o",
+                    linestyle="--" if remat else "-",
+                    color=colors[order],
+                    label=f"mmjax {order} order" + (", remat" if remat else ""),
+                )
+            l2l_key = {"s_per_step": "l2l_s_per_step", "peak_memory_mb": "l2l_peak_memory_mb"}[key]
+            line = sorted(
+                (r for r in rows if r["order"] == order and l2l_key in r),
+                key=lambda r: r["inner_steps"],
+            )
+            if line:
+                ax.plot(
+                    [r["inner_steps"] for r in line],
+                    [r[l2l_key] for r in line],
+                    marker="x",
+                    linestyle=":",
+                    color=colors[order],
+                    label=f"learn2learn {order} order",
+                )
+        ax.set_xticks(sorted({r["inner_steps"] for r in rows}))
+        ax.set_xlabel("inner steps")
+        ax.set_ylabel(ylabel)
+        ax.set_title("Conv-4 MAML, {}-way {}-shot, {} queries, meta-batch {}".format(*shape),
+                     fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(out_dir, name)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default="maml_orders_out", help="output directory")
+    parser.add_argument("--orders", nargs="+", default=list(ORDERS), choices=ORDERS)
+    parser.add_argument("--inner_steps", nargs="+", type=int, default=[1, 2, 5, 10])
+    parser.add_argument("--ways", nargs="+", type=int, default=[5])
+    parser.add_argument("--shots", nargs="+", type=int, default=[1])
+    parser.add_argument("--queries", nargs="+", type=int, default=[15],
+                        help="query examples per class")
+    parser.add_argument("--meta_batch", nargs="+", type=int, default=[32])
+    parser.add_argument("--remat", choices=["no", "yes", "both"], default="no")
+    parser.add_argument("--remat_at", nargs="+", type=int, default=None,
+                        help="with --remat both/yes: measure remat only at these inner steps")
+    parser.add_argument("--conv_impl", default="auto", choices=CONV_IMPLS)
+    parser.add_argument("--features", type=int, default=64)
+    parser.add_argument("--image_size", type=int, default=28)
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps after warm-up")
+    parser.add_argument("--l2l_repeats", type=int, default=None,
+                        help="timed learn2learn steps (default: --repeats)")
+    parser.add_argument("--l2l_threads", nargs="+", type=int, default=[0],
+                        help="torch thread counts to time learn2learn with (0: torch default); "
+                        "the fastest is compared")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternating mmjax/learn2learn processes per configuration")
+    parser.add_argument("--unroll", type=int, default=1,
+                        help="lax.scan unroll of the timed inner loop (0: full)")
+    parser.add_argument("--l2l", choices=["auto", "yes", "no"], default="auto",
+                        help="learn2learn side-by-side (auto: when importable)")
+    parser.add_argument("--l2l_python", default=os.environ.get("MMJAX_L2L_PYTHON"),
+                        help="interpreter with torch + learn2learn (default $MMJAX_L2L_PYTHON)")
+    parser.add_argument("--accuracy", action="store_true",
+                        help="also meta-train each configuration on Omniglot and test it")
+    parser.add_argument("--train_steps", type=int, default=300, help="--accuracy budget")
+    parser.add_argument("--test_episodes", type=int, default=300, help="--accuracy test set")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes, in-process (for the test suite)")
+    return parser
+
+
+def _check_args(args) -> None:
+    for name in ("inner_steps", "ways", "shots", "queries", "meta_batch"):
+        values = getattr(args, name)
+        low = 0 if name == "inner_steps" else 1
+        if any(v < low for v in values):
+            raise ValueError(f"--{name} values must be >= {low}; got {values}")
+    for name in ("repeats", "rounds", "features", "image_size", "train_steps", "test_episodes"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1; got {getattr(args, name)}")
+    if args.unroll < 0:
+        raise ValueError(f"--unroll must be >= 0 (0: full); got {args.unroll}")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Runs the benchmark; returns one dict per measured configuration (also written to --out)."""
+    args = _parser().parse_args(argv)
+    if args.child:
+        task, spec = args.child[0], json.loads(args.child[1])
+        if task == "peak":
+            print(json.dumps({"matmul_peak_gflop_s": matmul_peak_gflops(spec["size"])}))
+        elif task == "measure":
+            print(json.dumps(measure(spec)))
+        else:
+            print(json.dumps(train_accuracy(spec)))
+        return []
+    _check_args(args)
+    given = argv if argv is not None else sys.argv[1:]
+    if args.smoke:  # a one-block Conv-4 on 14x14, every configuration in this process
+        args.features, args.image_size, args.repeats, args.rounds = 8, 14, 2, 1
+        args.queries, args.meta_batch = [2], [2]
+        if "--inner_steps" not in given:
+            args.inner_steps = [1]
+        if "--l2l" not in given:
+            args.l2l = "no"  # learn2learn's OmniglotCNN is fixed to 28x28
+        args.train_steps, args.test_episodes = min(args.train_steps, 3), min(args.test_episodes, 10)
+    os.makedirs(args.out, exist_ok=True)
+    run = (lambda task, spec: _CHILD_TASKS[task](spec)) if args.smoke else _in_child
+    peak = run("peak", {"size": 512 if args.smoke else 2048})["matmul_peak_gflop_s"]
+    print(f"matmul peak: {peak:.1f} GFLOP/s (f32, same backend)", flush=True)
+    l2l_python = _l2l_python(args)
+    remats = {"no": [False], "yes": [True], "both": [False, True]}[args.remat]
+    jsonl = os.path.join(args.out, "maml_orders.jsonl")
+    open(jsonl, "w").close()
+    rows = []
+    for ways, shots, queries, batch, order, steps, remat in itertools.product(
+        args.ways, args.shots, args.queries, args.meta_batch, args.orders, args.inner_steps, remats
+    ):
+        if remat and args.remat_at is not None and steps not in args.remat_at:
+            continue
+        spec = dict(
+            order=order, inner_steps=steps, remat=remat, ways=ways, shots=shots,
+            queries=queries, meta_batch=batch, features=args.features,
+            image_size=args.image_size, conv_impl=args.conv_impl, repeats=args.repeats,
+            unroll=args.unroll if args.unroll else True, matmul_peak_gflop_s=round(peak, 2),
+            num_blocks=1 if args.smoke else 4,
+        )
+        measured, references = [], []
+        for _ in range(args.rounds):
+            measured.append(run("measure", spec))
+            if l2l_python and not remat:
+                for threads in args.l2l_threads:
+                    references.append(_run_l2l(
+                        l2l_python,
+                        dict(spec, repeats=args.l2l_repeats or args.repeats, threads=threads),
+                    ))
+        row = measured[0]
+        if args.rounds > 1:
+            row = dict(row)
+            row["s_per_step"] = round(statistics.median(m["s_per_step"] for m in measured), 5)
+            row["tasks_per_s"] = round(batch / row["s_per_step"], 2)
+            row["s_per_step_rounds"] = [m["s_per_step"] for m in measured]
+            row["achieved_gflop_s"] = round(row["gflop_per_step"] / row["s_per_step"], 2)
+            row["peak_fraction"] = round(row["achieved_gflop_s"] / peak, 4)
+        row["rounds"] = args.rounds
+        if references:
+            by_threads = {}
+            for r in references:
+                by_threads.setdefault(r["threads"], []).append(r["step_s"])
+            best = min(by_threads, key=lambda t: statistics.median(by_threads[t]))
+            references = [r for r in references if r["threads"] == best]
+            l2l_s = statistics.median(r["step_s"] for r in references)
+            row.update(
+                l2l_s_per_step_by_threads={
+                    str(t): round(statistics.median(v), 5) for t, v in by_threads.items()
+                },
+                l2l_tasks_per_s=round(batch / l2l_s, 2),
+                l2l_s_per_step=round(l2l_s, 5),
+                l2l_s_per_step_rounds=[r["step_s"] for r in references],
+                l2l_peak_memory_mb=max(r["peak_rss_mb"] for r in references),
+                l2l_threads=references[0]["threads"],
+                l2l_versions=f"learn2learn {references[0].get('learn2learn')}, "
+                f"torch {references[0]['torch']}",
+                speedup_vs_l2l=round(l2l_s / row["s_per_step"], 3),
+            )
+        if args.accuracy:
+            acc_spec = dict(spec, train_steps=args.train_steps, test_episodes=args.test_episodes,
+                            workdir=os.path.join(args.out, "accuracy", _slug(spec)))
+            row.update(run("accuracy", acc_spec))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        with open(jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    first = rows[0]
+    header = (
+        f"Machine: {platform.machine()} ({_cpu_name()}), {os.cpu_count()} CPUs; backend "
+        f"{first['backend']} ({first['device']}); jax {first['jax']}; conv "
+        f"{first['conv_impl_resolved']}; measured f32 matmul peak {peak:.1f} GFLOP/s; FLOPs from "
+        f"XLA cost_analysis with the inner loop unrolled; median of {args.repeats} steps after "
+        f"a warm-up, {args.rounds} round(s)"
+        + ("" if args.smoke else ", each configuration in its own process")
+        + (f"; learn2learn: {rows[0].get('l2l_versions', '-')}, fastest of torch threads "
+           f"{args.l2l_threads} (0 = torch default)" if l2l_python else "")
+        + ".\n"
+    )
+    table = markdown(rows, header)
+    with open(os.path.join(args.out, "maml_orders.md"), "w") as f:
+        f.write(table)
+    print(table)
+    plot(rows, args.out)
+    return rows
+
+
+def _slug(spec: dict) -> str:
+    return (f"{spec['order']}_k{spec['inner_steps']}_remat{int(spec['remat'])}_"
+            f"{spec['ways']}w{spec['shots']}s{spec['queries']}q_mb{spec['meta_batch']}")
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+_CHILD_TASKS = {
+    "peak": lambda spec: {"matmul_peak_gflop_s": matmul_peak_gflops(spec["size"], repeats=3)},
+    "measure": measure,
+    "accuracy": train_accuracy,
+}
+
+if __name__ == "__main__":
+    main()
