@@ -254,3 +254,23 @@ def test_cli_episode_count_is_checked_by_the_parser(capsys):
         cli_main(["evaluate", "--checkpoint", "w", "--episodes", "0"])
     assert info.value.code == 2
     assert "--episodes='0' must be an int >= 2" in capsys.readouterr().err
+
+
+def test_user_config_file_with_a_misspelt_key_is_refused(tmp_path):
+    template = (
+        "from mmjax.configs import quick\n\n\n"
+        "def get_config():\n"
+        "    config = quick.get_config()\n"
+        "    {line}\n"
+        "    return config\n"
+    )
+    good = tmp_path / "good.py"
+    good.write_text(template.format(line="config.maml.inner_lr = 0.1"))
+    config = mmjax.get_config(str(good))
+    assert config.maml.inner_lr == 0.1 and config.num_steps == mmjax.get_config("quick").num_steps
+    bad = tmp_path / "bad.py"
+    bad.write_text(template.format(line="config.maml.inner_lrr = 0.1"))
+    with pytest.raises(
+        ValueError, match=r"bad\.py: unknown config key 'maml\.inner_lrr'; did you mean 'maml\.inner_lr'\?"
+    ):
+        mmjax.get_config(str(bad))

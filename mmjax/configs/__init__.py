@@ -19,18 +19,35 @@ def available_configs() -> list[str]:
 
 
 def get_config(name: str) -> ml_collections.ConfigDict:
-    """Loads a shipped config by name, or a ``.py`` file defining ``get_config()``."""
+    """Loads a shipped config by name, or a ``.py`` file defining ``get_config()``.
+
+    A ``.py`` config may only use keys that some shipped config has, so a misspelt key is an
+    error naming the closest valid key instead of a setting silently ignored.
+    """
     if name.endswith(".py") and os.path.exists(name):
         spec = importlib.util.spec_from_file_location("mmjax_user_config", name)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        return module.get_config()
+        config = module.get_config()
+        _check_known_keys(config, source=name)
+        return config
     names = available_configs()
     if name not in names:
         close = difflib.get_close_matches(name, names, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"unknown config {name!r}{hint} Available: {', '.join(names)}")
     return importlib.import_module(f"mmjax.configs.{name}").get_config()
+
+
+def _check_known_keys(config: ml_collections.ConfigDict, *, source: str) -> None:
+    """Raises ``ValueError`` for a key that no shipped config has (closest one suggested)."""
+    shipped = (get_config(name) for name in available_configs())
+    valid = sorted({key for other in shipped for key in _flat_keys(other)})
+    for key in _flat_keys(config):
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{source}: unknown config key {key!r}{hint}")
 
 
 def _parse_value(text: str):
