@@ -1,23 +1,15 @@
 """Every algorithm learns on real Omniglot in a short run of the real trainer; both benchmark
 tables run end to end at smoke sizes."""
 
-import importlib.util
 import math
-import os
 
 import pytest
 
 from mmjax.train import builders
+from tests.benchmarks import load_benchmark as _load
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks")
 ALGORITHMS = ("reptile", "metasgd", "anil", "protonet", "protonet_cosine", "relationnet", "mmaml")
 
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -1,23 +1,13 @@
 """The fusion benchmark and the Lake et al. runs CLI run end to end at toy sizes."""
 
-import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
 
 from mmjax import configs
 from mmjax.train import loop
-
-ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks")
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmarks import load_benchmark as load
 
 
 def test_variants_cover_baselines_and_each_method_with_and_without_dropout():

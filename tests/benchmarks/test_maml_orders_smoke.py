@@ -1,12 +1,11 @@
 """The second- vs first-order MAML benchmark runs end to end at tiny sizes."""
 
-import importlib.util
 import json
-import os
 
 import pytest
 
-PATH = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "maml_orders.py")
+from tests.benchmarks import load_benchmark
+
 KEYS = {
     "order", "ways", "shots", "queries", "meta_batch", "inner_steps", "remat", "tasks_per_s",
     "s_per_step", "compile_s", "peak_memory_mb", "gflop_per_step", "peak_fraction",
@@ -15,10 +14,7 @@ KEYS = {
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("maml_orders", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("maml_orders")
 
 
 def test_smoke_run_writes_jsonl_markdown_and_plots(bench, tmp_path):

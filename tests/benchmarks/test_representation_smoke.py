@@ -1,19 +1,10 @@
 """The representation benchmark runs end to end at toy sizes."""
 
-import importlib.util
 import json
-import os
 
 import pytest
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks")
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmarks import load_benchmark as load
 
 
 def test_representation_table_smoke_writes_table_json_and_png(tmp_path):
