@@ -10,8 +10,6 @@ import pytest
 
 import mmjax
 
-# Packages being written elsewhere right now; drop them from this tuple once they settle.
-NOT_YET_AUDITED: tuple[str, ...] = ()
 # Packages whose __all__ is the public API.
 PACKAGES = (
     "mmjax",
@@ -25,19 +23,14 @@ PACKAGES = (
 )
 # Flax's `setup` is a framework hook, documented by Flax.
 FRAMEWORK_HOOKS = {"setup"}
-# Exported functions on arrays whose docstring does not spell out shapes yet (files owned
-# by other work); keep this list empty when possible.
-SHAPES_PENDING: set[str] = set()
 
 
 def _modules() -> list[str]:
-    """Every module of the package (not importing the ones in NOT_YET_AUDITED)."""
+    """Every module of the package."""
     names, todo = [], [("mmjax", mmjax.__path__)]
     while todo:
         prefix, path = todo.pop()
         for info in pkgutil.iter_modules(path, prefix + "."):
-            if info.name.startswith(NOT_YET_AUDITED):
-                continue
             names.append(info.name)
             if info.ispkg:
                 todo.append((info.name, importlib.import_module(info.name).__path__))
@@ -83,7 +76,6 @@ def test_the_audit_sees_the_whole_package():
     for expected in ("mmjax.meta.maml", "mmjax.fusion.attention", "mmjax.train.loop", "mmjax.cli",
                      "mmjax.representation.vae"):
         assert expected in MODULES
-    assert not any(m.startswith(NOT_YET_AUDITED) for m in MODULES)
 
 
 @pytest.mark.parametrize("module_name", MODULES)
@@ -124,6 +116,6 @@ def test_exported_callable_is_documented_with_shapes(name, obj):
     target = f"{obj.__module__}.{obj.__qualname__}"
     annotations = " ".join(str(p.annotation) for p in inspect.signature(obj).parameters.values())
     annotations += str(inspect.signature(obj).return_annotation)
-    if "Array" in annotations and target not in SHAPES_PENDING:
+    if "Array" in annotations:
         # Google style with shapes: `x: [batch, height, width, channels]`.
         assert "[" in doc, f"{name} ({target}) takes or returns arrays; give their shapes"
