@@ -119,13 +119,20 @@ def measure(spec: dict) -> dict:
         remat=spec["remat"],
     )
     loss_fn = maml.classification_loss(model.apply)
-    # FLOPs: lower (no compile) with the inner loop unrolled, so every inner step counts.
-    unrolled = maml.make_meta_train_step(loss_fn, optimizer, unroll=True, jit=False, **settings)
+    # FLOPs: lower (no compile) with the inner loop unrolled and the tasks vmapped, so every
+    # inner step and every task counts (a scan's body is counted once); same computation.
+    unrolled = maml.make_meta_train_step(
+        loss_fn, optimizer, unroll=True, jit=False, task_batching="vmap", **settings
+    )
     cost = jax.jit(unrolled).lower(params, opt_state, episodes).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
 
-    step = maml.make_meta_train_step(loss_fn, optimizer, unroll=spec["unroll"], **settings)
+    task_batching = spec.get("task_batching", "auto")
+    task_batching = int(task_batching) if str(task_batching).isdigit() else task_batching
+    step = maml.make_meta_train_step(
+        loss_fn, optimizer, unroll=spec["unroll"], task_batching=task_batching, **settings
+    )
     start = time.perf_counter()
     compiled = step.lower(params, opt_state, episodes).compile()
     compile_s = time.perf_counter() - start
@@ -144,6 +151,7 @@ def measure(spec: dict) -> dict:
     return dict(
         spec,
         conv_impl_resolved=resolve_conv_impl(spec["conv_impl"]),
+        task_batching_resolved=maml.resolve_task_batching(task_batching),
         backend=jax.default_backend(),
         device=str(jax.devices()[0].device_kind),
         jax=jax.__version__,
@@ -216,8 +224,18 @@ def _in_child(task: str, spec: dict) -> dict:
 def _run_l2l(python: str, spec: dict) -> dict:
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "l2l_reference.py")
     flags = []
-    for name in ("order", "inner_steps", "ways", "shots", "queries", "meta_batch", "features",
-                 "image_size", "repeats", "threads"):
+    for name in (
+        "order",
+        "inner_steps",
+        "ways",
+        "shots",
+        "queries",
+        "meta_batch",
+        "features",
+        "image_size",
+        "repeats",
+        "threads",
+    ):
         flags += [f"--{name}", str(spec[name])]
     out = subprocess.run([python, script, *flags], capture_output=True, text=True)
     if out.returncode:
@@ -300,8 +318,11 @@ def plot(rows: list[dict], out_dir: str) -> list[str]:
     paths = []
     for key, ylabel, name in (
         ("s_per_step", "seconds per meta-step", "time_vs_inner_steps.png"),
-        ("peak_memory_mb", f"peak memory, MB ({rows[0]['memory_source']})",
-         "memory_vs_inner_steps.png"),
+        (
+            "peak_memory_mb",
+            f"peak memory, MB ({rows[0]['memory_source']})",
+            "memory_vs_inner_steps.png",
+        ),
     ):
         fig, ax = plt.subplots(figsize=(6, 4))
         for order in ORDERS:
@@ -337,8 +358,9 @@ def plot(rows: list[dict], out_dir: str) -> list[str]:
         ax.set_xticks(sorted({r["inner_steps"] for r in rows}))
         ax.set_xlabel("inner steps")
         ax.set_ylabel(ylabel)
-        ax.set_title("Conv-4 MAML, {}-way {}-shot, {} queries, meta-batch {}".format(*shape),
-                     fontsize=10)
+        ax.set_title(
+            "Conv-4 MAML, {}-way {}-shot, {} queries, meta-batch {}".format(*shape), fontsize=10
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -360,35 +382,68 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--inner_steps", nargs="+", type=int, default=[1, 2, 5, 10])
     parser.add_argument("--ways", nargs="+", type=int, default=[5])
     parser.add_argument("--shots", nargs="+", type=int, default=[1])
-    parser.add_argument("--queries", nargs="+", type=int, default=[15],
-                        help="query examples per class")
+    parser.add_argument(
+        "--queries", nargs="+", type=int, default=[15], help="query examples per class"
+    )
     parser.add_argument("--meta_batch", nargs="+", type=int, default=[32])
     parser.add_argument("--remat", choices=["no", "yes", "both"], default="no")
-    parser.add_argument("--remat_at", nargs="+", type=int, default=None,
-                        help="with --remat both/yes: measure remat only at these inner steps")
+    parser.add_argument(
+        "--remat_at",
+        nargs="+",
+        type=int,
+        default=None,
+        help="with --remat both/yes: measure remat only at these inner steps",
+    )
     parser.add_argument("--conv_impl", default="auto", choices=CONV_IMPLS)
+    parser.add_argument(
+        "--task_batching",
+        default="auto",
+        help="auto, vmap, scan or a chunk size (mmjax.meta.maml.resolve_task_batching)",
+    )
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--image_size", type=int, default=28)
     parser.add_argument("--repeats", type=int, default=5, help="timed steps after warm-up")
-    parser.add_argument("--l2l_repeats", type=int, default=None,
-                        help="timed learn2learn steps (default: --repeats)")
-    parser.add_argument("--l2l_threads", nargs="+", type=int, default=[0],
-                        help="torch thread counts to time learn2learn with (0: torch default); "
-                        "the fastest is compared")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="alternating mmjax/learn2learn processes per configuration")
-    parser.add_argument("--unroll", type=int, default=1,
-                        help="lax.scan unroll of the timed inner loop (0: full)")
-    parser.add_argument("--l2l", choices=["auto", "yes", "no"], default="auto",
-                        help="learn2learn side-by-side (auto: when importable)")
-    parser.add_argument("--l2l_python", default=os.environ.get("MMJAX_L2L_PYTHON"),
-                        help="interpreter with torch + learn2learn (default $MMJAX_L2L_PYTHON)")
-    parser.add_argument("--accuracy", action="store_true",
-                        help="also meta-train each configuration on Omniglot and test it")
+    parser.add_argument(
+        "--l2l_repeats", type=int, default=None, help="timed learn2learn steps (default: --repeats)"
+    )
+    parser.add_argument(
+        "--l2l_threads",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="torch thread counts to time learn2learn with (0: torch default); "
+        "the fastest is compared",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="alternating mmjax/learn2learn processes per configuration",
+    )
+    parser.add_argument(
+        "--unroll", type=int, default=1, help="lax.scan unroll of the timed inner loop (0: full)"
+    )
+    parser.add_argument(
+        "--l2l",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="learn2learn side-by-side (auto: when importable)",
+    )
+    parser.add_argument(
+        "--l2l_python",
+        default=os.environ.get("MMJAX_L2L_PYTHON"),
+        help="interpreter with torch + learn2learn (default $MMJAX_L2L_PYTHON)",
+    )
+    parser.add_argument(
+        "--accuracy",
+        action="store_true",
+        help="also meta-train each configuration on Omniglot and test it",
+    )
     parser.add_argument("--train_steps", type=int, default=300, help="--accuracy budget")
     parser.add_argument("--test_episodes", type=int, default=300, help="--accuracy test set")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny sizes, in-process (for the test suite)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes, in-process (for the test suite)"
+    )
     return parser
 
 
@@ -403,6 +458,12 @@ def _check_args(args) -> None:
             raise ValueError(f"--{name} must be >= 1; got {getattr(args, name)}")
     if args.unroll < 0:
         raise ValueError(f"--unroll must be >= 0 (0: full); got {args.unroll}")
+    if args.task_batching not in ("auto", "vmap", "scan") and not (
+        args.task_batching.isdigit() and int(args.task_batching) >= 1
+    ):
+        raise ValueError(
+            f"--task_batching must be auto, vmap, scan or an int >= 1; got {args.task_batching!r}"
+        )
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -442,10 +503,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if remat and args.remat_at is not None and steps not in args.remat_at:
             continue
         spec = dict(
-            order=order, inner_steps=steps, remat=remat, ways=ways, shots=shots,
-            queries=queries, meta_batch=batch, features=args.features,
-            image_size=args.image_size, conv_impl=args.conv_impl, repeats=args.repeats,
-            unroll=args.unroll if args.unroll else True, matmul_peak_gflop_s=round(peak, 2),
+            order=order,
+            inner_steps=steps,
+            remat=remat,
+            ways=ways,
+            shots=shots,
+            queries=queries,
+            meta_batch=batch,
+            features=args.features,
+            image_size=args.image_size,
+            conv_impl=args.conv_impl,
+            repeats=args.repeats,
+            task_batching=args.task_batching,
+            unroll=args.unroll if args.unroll else True,
+            matmul_peak_gflop_s=round(peak, 2),
             num_blocks=1 if args.smoke else 4,
         )
         measured, references = [], []
@@ -453,10 +524,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             measured.append(run("measure", spec))
             if l2l_python and not remat:
                 for threads in args.l2l_threads:
-                    references.append(_run_l2l(
-                        l2l_python,
-                        dict(spec, repeats=args.l2l_repeats or args.repeats, threads=threads),
-                    ))
+                    references.append(
+                        _run_l2l(
+                            l2l_python,
+                            dict(spec, repeats=args.l2l_repeats or args.repeats, threads=threads),
+                        )
+                    )
         row = measured[0]
         if args.rounds > 1:
             row = dict(row)
@@ -487,8 +560,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 speedup_vs_l2l=round(l2l_s / row["s_per_step"], 3),
             )
         if args.accuracy:
-            acc_spec = dict(spec, train_steps=args.train_steps, test_episodes=args.test_episodes,
-                            workdir=os.path.join(args.out, "accuracy", _slug(spec)))
+            acc_spec = dict(
+                spec,
+                train_steps=args.train_steps,
+                test_episodes=args.test_episodes,
+                workdir=os.path.join(args.out, "accuracy", _slug(spec)),
+            )
             row.update(run("accuracy", acc_spec))
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -498,12 +575,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     header = (
         f"Machine: {platform.machine()} ({_cpu_name()}), {os.cpu_count()} CPUs; backend "
         f"{first['backend']} ({first['device']}); jax {first['jax']}; conv "
-        f"{first['conv_impl_resolved']}; measured f32 matmul peak {peak:.1f} GFLOP/s; FLOPs from "
+        f"{first['conv_impl_resolved']}; tasks by {first['task_batching_resolved']}; measured f32 matmul peak {peak:.1f} GFLOP/s; FLOPs from "
         f"XLA cost_analysis with the inner loop unrolled; median of {args.repeats} steps after "
         f"a warm-up, {args.rounds} round(s)"
         + ("" if args.smoke else ", each configuration in its own process")
-        + (f"; learn2learn: {rows[0].get('l2l_versions', '-')}, fastest of torch threads "
-           f"{args.l2l_threads} (0 = torch default)" if l2l_python else "")
+        + (
+            f"; learn2learn: {rows[0].get('l2l_versions', '-')}, fastest of torch threads "
+            f"{args.l2l_threads} (0 = torch default)"
+            if l2l_python
+            else ""
+        )
         + ".\n"
     )
     table = markdown(rows, header)
@@ -515,8 +596,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 def _slug(spec: dict) -> str:
-    return (f"{spec['order']}_k{spec['inner_steps']}_remat{int(spec['remat'])}_"
-            f"{spec['ways']}w{spec['shots']}s{spec['queries']}q_mb{spec['meta_batch']}")
+    return (
+        f"{spec['order']}_k{spec['inner_steps']}_remat{int(spec['remat'])}_"
+        f"{spec['ways']}w{spec['shots']}s{spec['queries']}q_mb{spec['meta_batch']}"
+    )
 
 
 def _cpu_name() -> str:

@@ -39,7 +39,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.algorithm = "maml"  # see mmjax.meta.available_learners(); settings in config.<algorithm>
     config.maml = ml_collections.ConfigDict(
         dict(
-            inner_lr=0.4, num_inner_steps=1, eval_num_inner_steps=3, first_order=False, remat=False
+            inner_lr=0.4,
+            num_inner_steps=1,
+            eval_num_inner_steps=3,
+            first_order=False,
+            remat=False,
+            task_batching="auto",  # "vmap", "scan" or a chunk size; see resolve_task_batching
         )
     )
     config.optimizer = ml_collections.ConfigDict(

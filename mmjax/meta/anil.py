@@ -13,7 +13,6 @@ import functools
 
 import chex
 import flax.linen as nn
-import jax
 
 from mmjax.data.episodes import Episode
 from mmjax.meta import maml
@@ -111,15 +110,20 @@ def task_loss(
     return loss, metrics
 
 
-def meta_loss(params: Params, episodes: Episode, **kwargs) -> tuple[chex.Array, dict]:
-    """Mean ANIL query loss over a task batch (``jax.vmap`` over the leading task axis)."""
-    return maml.mean_over_tasks(functools.partial(task_loss, **kwargs), params, episodes)
+def meta_loss(
+    params: Params, episodes: Episode, *, task_batching: str | int = "auto", **kwargs
+) -> tuple[chex.Array, dict]:
+    """Mean ANIL query loss over a task batch (leading task axis, mapped by ``task_batching``)."""
+    per_task = functools.partial(task_loss, **kwargs)
+    return maml.mean_over_tasks(per_task, params, episodes, task_batching)
 
 
-def meta_grad(params: Params, episodes: Episode, **kwargs) -> tuple[Params, dict]:
+def meta_grad(
+    params: Params, episodes: Episode, *, task_batching: str | int = "auto", **kwargs
+) -> tuple[Params, dict]:
     """Gradient of :func:`meta_loss` w.r.t. encoder and head initialisation, and metrics."""
-    (_, metrics), grads = jax.value_and_grad(meta_loss, has_aux=True)(params, episodes, **kwargs)
-    return grads, metrics
+    per_task = functools.partial(task_loss, **kwargs)
+    return maml.grad_over_tasks(per_task, params, episodes, task_batching)
 
 
 def anil_learner(
@@ -129,6 +133,7 @@ def anil_learner(
     num_inner_steps: int,
     eval_num_inner_steps: int | None = None,
     first_order: bool = False,
+    task_batching: str | int = "auto",
 ) -> MetaLearner:
     """ANIL on a ``Classifier`` ``model`` (head adapted in the inner loop, encoder frozen there).
 
@@ -138,10 +143,13 @@ def anil_learner(
       num_inner_steps: inner steps during meta-training.
       eval_num_inner_steps: inner steps at evaluation (default ``num_inner_steps``).
       first_order: stop gradients through the inner gradients.
+      task_batching: how the task batch is mapped
+        (:func:`mmjax.meta.maml.resolve_task_batching`).
     """
     maml._check_settings(inner_lr=inner_lr, num_steps=num_inner_steps)
     eval_steps = num_inner_steps if eval_num_inner_steps is None else eval_num_inner_steps
     maml._check_settings(inner_lr=inner_lr, num_steps=eval_steps)
+    maml.resolve_task_batching(task_batching)
     if not hasattr(model, "encoder") or not hasattr(model, "num_classes"):
         raise ValueError(
             f"ANIL needs a Classifier(encoder, num_classes); got {type(model).__name__}"
@@ -149,12 +157,14 @@ def anil_learner(
     settings = dict(model=model, inner_lr=inner_lr, first_order=first_order)
     per_task = functools.partial(task_loss, num_steps=eval_steps, **settings)
 
-    evaluate = functools.partial(maml.metrics_per_task, per_task)
+    evaluate = functools.partial(maml.metrics_per_task, per_task, task_batching=task_batching)
 
     return MetaLearner(
         name="anil",
         init=model.init,
-        meta_grad=functools.partial(meta_grad, num_steps=num_inner_steps, **settings),
+        meta_grad=functools.partial(
+            meta_grad, num_steps=num_inner_steps, task_batching=task_batching, **settings
+        ),
         evaluate=evaluate,
     )
 

@@ -48,6 +48,7 @@ def maml_learner(
     eval_num_inner_steps: int | None = None,
     first_order: bool = False,
     remat: bool = False,
+    task_batching: str | int = "auto",
 ) -> MetaLearner:
     """MAML (``first_order=False``) or FOMAML on ``model`` (a Flax classifier).
 
@@ -58,11 +59,14 @@ def maml_learner(
       eval_num_inner_steps: inner steps at evaluation (default: ``num_inner_steps``).
       first_order: FOMAML.
       remat: rematerialise inner steps (see :func:`mmjax.meta.maml.adapt`).
+      task_batching: how the task batch is mapped
+        (:func:`mmjax.meta.maml.resolve_task_batching`).
     """
     loss_fn = maml.classification_loss(model.apply)
     maml._check_settings(inner_lr=inner_lr, num_steps=num_inner_steps)
     eval_steps = num_inner_steps if eval_num_inner_steps is None else eval_num_inner_steps
     maml._check_settings(inner_lr=inner_lr, num_steps=eval_steps)
+    maml.resolve_task_batching(task_batching)
     meta_grad = functools.partial(
         maml.meta_grad,
         loss_fn=loss_fn,
@@ -70,12 +74,13 @@ def maml_learner(
         num_steps=num_inner_steps,
         first_order=first_order,
         remat=remat,
+        task_batching=task_batching,
     )
     per_task = functools.partial(
         maml.task_loss, loss_fn=loss_fn, inner_lr=inner_lr, num_steps=eval_steps
     )
 
-    evaluate = functools.partial(maml.metrics_per_task, per_task)
+    evaluate = functools.partial(maml.metrics_per_task, per_task, task_batching=task_batching)
 
     return MetaLearner(
         name="fomaml" if first_order else "maml",

@@ -49,24 +49,33 @@ def meta_loss(
     loss_fn: maml.LossFn,
     num_steps: int,
     first_order: bool = False,
+    task_batching: str | int = "auto",
 ) -> tuple[chex.Array, dict]:
     """Mean query loss of MAML with the meta-learned rates ``meta_params["inner_lr"]``."""
-    return maml.meta_loss(
-        meta_params["model"],
-        episodes,
-        loss_fn=loss_fn,
-        inner_lr=meta_params["inner_lr"],
-        num_steps=num_steps,
-        first_order=first_order,
+    per_task = functools.partial(
+        _task_loss, loss_fn=loss_fn, num_steps=num_steps, first_order=first_order
     )
+    return maml.mean_over_tasks(per_task, meta_params, episodes, task_batching)
 
 
-def meta_grad(meta_params: Params, episodes: Episode, **kwargs) -> tuple[Params, dict]:
+def _task_loss(meta_params: Params, episode: Episode, **kwargs) -> tuple[chex.Array, dict]:
+    return maml.task_loss(meta_params["model"], episode, inner_lr=meta_params["inner_lr"], **kwargs)
+
+
+def meta_grad(
+    meta_params: Params,
+    episodes: Episode,
+    *,
+    loss_fn: maml.LossFn,
+    num_steps: int,
+    first_order: bool = False,
+    task_batching: str | int = "auto",
+) -> tuple[Params, dict]:
     """Gradient of :func:`meta_loss` w.r.t. both the initialisation and the rates."""
-    (_, metrics), grads = jax.value_and_grad(meta_loss, has_aux=True)(
-        meta_params, episodes, **kwargs
+    per_task = functools.partial(
+        _task_loss, loss_fn=loss_fn, num_steps=num_steps, first_order=first_order
     )
-    return grads, metrics
+    return maml.grad_over_tasks(per_task, meta_params, episodes, task_batching)
 
 
 def metasgd_learner(
@@ -76,6 +85,7 @@ def metasgd_learner(
     num_inner_steps: int = 1,
     eval_num_inner_steps: int | None = None,
     first_order: bool = False,
+    task_batching: str | int = "auto",
 ) -> MetaLearner:
     """Meta-SGD on ``model`` (a Flax classifier).
 
@@ -86,10 +96,13 @@ def metasgd_learner(
       num_inner_steps: inner steps during meta-training.
       eval_num_inner_steps: inner steps at evaluation (default ``num_inner_steps``).
       first_order: stop gradients through the inner gradients.
+      task_batching: how the task batch is mapped
+        (:func:`mmjax.meta.maml.resolve_task_batching`).
     """
     maml._check_settings(inner_lr=inner_lr, num_steps=num_inner_steps)
     eval_steps = num_inner_steps if eval_num_inner_steps is None else eval_num_inner_steps
     maml._check_settings(inner_lr=inner_lr, num_steps=eval_steps)
+    maml.resolve_task_batching(task_batching)
     loss_fn = maml.classification_loss(model.apply)
 
     def init(key: chex.PRNGKey, example_inputs: chex.ArrayTree) -> Params:
@@ -99,16 +112,20 @@ def metasgd_learner(
     per_task = functools.partial(maml.task_loss, loss_fn=loss_fn, num_steps=eval_steps)
 
     def evaluate(meta_params: Params, episodes: Episode) -> dict:
-        run = lambda episode: per_task(
+        run = lambda meta_params, episode: per_task(
             meta_params["model"], episode, inner_lr=meta_params["inner_lr"]
-        )[1]
-        return jax.vmap(run)(episodes)
+        )
+        return maml.metrics_per_task(run, meta_params, episodes, task_batching)
 
     return MetaLearner(
         name="metasgd",
         init=init,
         meta_grad=functools.partial(
-            meta_grad, loss_fn=loss_fn, num_steps=num_inner_steps, first_order=first_order
+            meta_grad,
+            loss_fn=loss_fn,
+            num_steps=num_inner_steps,
+            first_order=first_order,
+            task_batching=task_batching,
         ),
         evaluate=evaluate,
     )

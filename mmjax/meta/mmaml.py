@@ -121,17 +121,20 @@ def task_loss(
     return query_loss, metrics
 
 
-def meta_loss(meta_params: Params, episodes: Episode, **kwargs) -> tuple[chex.Array, dict]:
-    """Mean query loss over a task batch (``jax.vmap`` over the leading task axis)."""
-    return maml.mean_over_tasks(functools.partial(task_loss, **kwargs), meta_params, episodes)
+def meta_loss(
+    meta_params: Params, episodes: Episode, *, task_batching: str | int = "auto", **kwargs
+) -> tuple[chex.Array, dict]:
+    """Mean query loss over a task batch (leading task axis, mapped by ``task_batching``)."""
+    per_task = functools.partial(task_loss, **kwargs)
+    return maml.mean_over_tasks(per_task, meta_params, episodes, task_batching)
 
 
-def meta_grad(meta_params: Params, episodes: Episode, **kwargs) -> tuple[Params, dict]:
+def meta_grad(
+    meta_params: Params, episodes: Episode, *, task_batching: str | int = "auto", **kwargs
+) -> tuple[Params, dict]:
     """Gradient of :func:`meta_loss` w.r.t. the model initialisation and the task encoder."""
-    (_, metrics), grads = jax.value_and_grad(meta_loss, has_aux=True)(
-        meta_params, episodes, **kwargs
-    )
-    return grads, metrics
+    per_task = functools.partial(task_loss, **kwargs)
+    return maml.grad_over_tasks(per_task, meta_params, episodes, task_batching)
 
 
 def mmaml_learner(
@@ -143,6 +146,7 @@ def mmaml_learner(
     first_order: bool = False,
     task_hidden_sizes: Sequence[int] = (64,),
     loss: str = "cross_entropy",
+    task_batching: str | int = "auto",
 ) -> MetaLearner:
     """MMAML on a ``Classifier`` ``model``.
 
@@ -155,10 +159,13 @@ def mmaml_learner(
       task_hidden_sizes: task-encoder MLP widths.
       loss: ``"cross_entropy"`` (classification; metrics ``loss``, ``accuracy``) or ``"mse"``
         (regression, float labels; metrics ``loss``, ``mse``).
+      task_batching: how the task batch is mapped
+        (:func:`mmjax.meta.maml.resolve_task_batching`).
     """
     maml._check_settings(inner_lr=inner_lr, num_steps=num_inner_steps)
     eval_steps = num_inner_steps if eval_num_inner_steps is None else eval_num_inner_steps
     maml._check_settings(inner_lr=inner_lr, num_steps=eval_steps)
+    maml.resolve_task_batching(task_batching)
     if loss not in LOSSES:
         raise ValueError(f"loss={loss!r} is not one of {', '.join(LOSSES)}")
     if not hasattr(model, "encoder") or not hasattr(model, "num_classes"):
@@ -194,11 +201,16 @@ def mmaml_learner(
         )
 
     def learner_meta_grad(meta_params: Params, episodes: Episode) -> tuple[Params, dict]:
-        return meta_grad(meta_params, episodes, **settings(meta_params, num_inner_steps))
+        return meta_grad(
+            meta_params,
+            episodes,
+            task_batching=task_batching,
+            **settings(meta_params, num_inner_steps),
+        )
 
     def evaluate(meta_params: Params, episodes: Episode) -> dict:
         per_task = functools.partial(task_loss, **settings(meta_params, eval_steps))
-        return maml.metrics_per_task(per_task, meta_params, episodes)
+        return maml.metrics_per_task(per_task, meta_params, episodes, task_batching)
 
     return MetaLearner(name="mmaml", init=init, meta_grad=learner_meta_grad, evaluate=evaluate)
 

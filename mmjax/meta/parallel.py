@@ -72,16 +72,20 @@ def make_pmap_meta_train_step(
     first_order: bool = False,
     remat: bool = False,
     axis_name: str = "devices",
+    task_batching: str | int = "auto",
 ):
     """Builds a ``pmap``-ed ``step(params, opt_state, episodes)``.
 
     ``params`` and ``opt_state`` are replicated (leading device axis, e.g. via
     ``flax.jax_utils.replicate``); every ``episodes`` leaf is ``[devices, tasks_per_device,
     ...]`` (see :func:`shard_for_pmap`). Gradients and metrics are averaged with
-    ``lax.pmean``, so every device applies the same update.
+    ``lax.pmean``, so every device applies the same update. ``task_batching`` maps each
+    device's tasks (see :func:`mmjax.meta.maml.resolve_task_batching`).
     """
     _check_settings(inner_lr=inner_lr, num_steps=num_steps)
-    settings = MetaStep(loss_fn, optimizer, inner_lr, num_steps, first_order, remat)
+    settings = MetaStep(
+        loss_fn, optimizer, inner_lr, num_steps, first_order, remat, task_batching=task_batching
+    )
 
     def step(params, opt_state, episodes):
         grads, metrics = settings.grad(params, episodes)
@@ -101,6 +105,7 @@ def make_sharded_meta_train_step(
     mesh: Mesh | None = None,
     first_order: bool = False,
     remat: bool = False,
+    task_batching: str | int = "vmap",
 ):
     """Builds a ``jit`` step whose task batch is sharded over ``mesh`` (axis ``"tasks"``).
 
@@ -108,11 +113,14 @@ def make_sharded_meta_train_step(
     along the batch; XLA inserts the all-reduce of the gradient. Returns
     ``(step, place_episodes, place_replicated)``: the last two put host arrays on the mesh
     with the right sharding (they also work multi-host, every process passing the same
-    global arrays).
+    global arrays). ``task_batching`` defaults to ``"vmap"``: the task axis is the one
+    sharded, and a scanned axis cannot be split over devices.
     """
     _check_settings(inner_lr=inner_lr, num_steps=num_steps)
     mesh = task_mesh() if mesh is None else mesh
-    settings = MetaStep(loss_fn, optimizer, inner_lr, num_steps, first_order, remat)
+    settings = MetaStep(
+        loss_fn, optimizer, inner_lr, num_steps, first_order, remat, task_batching=task_batching
+    )
     replicated = NamedSharding(mesh, P())
     by_task = NamedSharding(mesh, P(TASK_AXIS))
 

@@ -103,6 +103,7 @@ def protonet_learner(
     scale: float = 1.0,
     learn_scale: bool = False,
     ways: int | None = None,
+    task_batching: str | int = "auto",
 ) -> MetaLearner:
     """Prototypical Networks on ``model.encoder`` (or ``model`` itself).
 
@@ -113,6 +114,8 @@ def protonet_learner(
       scale: logit scale (initial value when learned); must be > 0.
       learn_scale: meta-learn ``scale`` (as for cosine similarity in Chen et al. 2019).
       ways: classes per episode (default ``model.num_classes``).
+      task_batching: how the task batch is mapped
+        (:func:`mmjax.meta.maml.resolve_task_batching`).
     """
     check_distance(distance)
     if not scale > 0:
@@ -131,8 +134,9 @@ def protonet_learner(
             "scale": jnp.asarray(scale, jnp.float32),
         }
 
-    meta_grad = functools.partial(maml.grad_over_tasks, per_task)
-    evaluate = functools.partial(maml.metrics_per_task, per_task)
+    maml.resolve_task_batching(task_batching)
+    meta_grad = functools.partial(maml.grad_over_tasks, per_task, task_batching=task_batching)
+    evaluate = functools.partial(maml.metrics_per_task, per_task, task_batching=task_batching)
 
     return MetaLearner(
         name="protonet" if distance == "euclidean" else "protonet_cosine",

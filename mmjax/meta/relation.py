@@ -119,6 +119,7 @@ def relation_learner(
     objective: str = "mse",
     hidden_sizes: Sequence[int] = (8,),
     ways: int | None = None,
+    task_batching: str | int = "auto",
 ) -> MetaLearner:
     """Relation Network on ``model.encoder`` (or ``model`` itself).
 
@@ -127,6 +128,8 @@ def relation_learner(
       objective: ``"mse"`` (paper) or ``"triplet"``.
       hidden_sizes: relation-module hidden widths.
       ways: classes per episode (default ``model.num_classes``).
+      task_batching: how the task batch is mapped
+        (:func:`mmjax.meta.maml.resolve_task_batching`).
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective={objective!r} is not one of {', '.join(OBJECTIVES)}")
@@ -148,8 +151,9 @@ def relation_learner(
             "relation": relation.init(relation_key, jnp.zeros((1, 2 * width))),
         }
 
-    meta_grad = functools.partial(maml.grad_over_tasks, per_task)
-    evaluate = functools.partial(maml.metrics_per_task, per_task)
+    maml.resolve_task_batching(task_batching)
+    meta_grad = functools.partial(maml.grad_over_tasks, per_task, task_batching=task_batching)
+    evaluate = functools.partial(maml.metrics_per_task, per_task, task_batching=task_batching)
 
     return MetaLearner(name="relationnet", init=init, meta_grad=meta_grad, evaluate=evaluate)
 

@@ -83,6 +83,7 @@ def pseudo_gradient(
     num_steps: int,
     inner_optimizer: str = "sgd",
     adapt_on_query: bool = False,
+    task_batching: str | int = "auto",
 ) -> tuple[Params, dict]:
     """Reptile's meta-update direction ``mean_tasks(θ - φ_task)`` and batch metrics.
 
@@ -91,6 +92,8 @@ def pseudo_gradient(
       episodes: task batch, leading ``[tasks]`` axis on every leaf.
       adapt_on_query: run the inner loop on support ∪ query (Reptile has no query set: every
         example of a meta-training task is training data); otherwise on the support set.
+      task_batching: how the task batch is mapped
+        (:func:`mmjax.meta.maml.resolve_task_batching`).
 
     Returns:
       ``(grads, metrics)``: ``grads`` shaped like ``params``; metrics are the query
@@ -118,7 +121,9 @@ def pseudo_gradient(
             metrics["support_loss"] = losses[0]
         return jax.tree.map(jnp.subtract, params, adapted), metrics
 
-    deltas, metrics = jax.vmap(per_task)(episodes)
+    deltas, metrics = maml.map_over_tasks(
+        lambda _, episode: per_task(episode), params, episodes, task_batching
+    )
     mean = functools.partial(jnp.mean, axis=0)
     return jax.tree.map(mean, deltas), jax.tree.map(mean, metrics)
 
@@ -131,6 +136,7 @@ def reptile_learner(
     eval_num_inner_steps: int | None = None,
     inner_optimizer: str = "sgd",
     adapt_on_query: bool = True,
+    task_batching: str | int = "auto",
 ) -> MetaLearner:
     """Reptile on ``model`` (``apply(params, inputs) -> [batch, ways]`` logits).
 
@@ -142,12 +148,15 @@ def reptile_learner(
       inner_optimizer: ``"sgd"`` or ``"adam"``.
       adapt_on_query: during meta-training, adapt on support ∪ query (Nichol et al. train on
         more shots than they test with); evaluation always adapts on the support set only.
+      task_batching: how the task batch is mapped
+        (:func:`mmjax.meta.maml.resolve_task_batching`).
     """
     maml._check_settings(inner_lr=inner_lr, num_steps=num_inner_steps)
     eval_steps = num_inner_steps if eval_num_inner_steps is None else eval_num_inner_steps
     maml._check_settings(inner_lr=inner_lr, num_steps=eval_steps)
     if inner_optimizer not in INNER_OPTIMIZERS:
         raise ValueError(f"inner_optimizer={inner_optimizer!r} is not one of {INNER_OPTIMIZERS}")
+    maml.resolve_task_batching(task_batching)
     loss_fn = maml.classification_loss(model.apply)
     settings = dict(loss_fn=loss_fn, inner_lr=inner_lr, inner_optimizer=inner_optimizer)
 
@@ -162,7 +171,9 @@ def reptile_learner(
             )
             return loss_fn(adapted, episode.query_inputs, episode.query_labels)[1]
 
-        return jax.vmap(per_task)(episodes)
+        return maml.metrics_per_task(
+            lambda _, episode: (None, per_task(episode)), params, episodes, task_batching
+        )
 
     return MetaLearner(
         name="reptile",
@@ -171,6 +182,7 @@ def reptile_learner(
             pseudo_gradient,
             num_steps=num_inner_steps,
             adapt_on_query=adapt_on_query,
+            task_batching=task_batching,
             **settings,
         ),
         evaluate=evaluate,

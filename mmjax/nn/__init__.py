@@ -1,7 +1,15 @@
 """Encoders: Conv-4 (vmap-friendly convolution), MLP, stroke-sequence encoders, classifier."""
 
 from mmjax.nn.classifier import Classifier
-from mmjax.nn.conv import BatchStatNorm, Conv2D, Conv4, conv2d_im2col, conv2d_lax, resolve_conv_impl
+from mmjax.nn.conv import (
+    BatchStatNorm,
+    Conv2D,
+    Conv4,
+    batch_norm,
+    conv2d_im2col,
+    conv2d_lax,
+    resolve_conv_impl,
+)
 from mmjax.nn.mlp import MLP
 from mmjax.nn.multimodal import MultimodalEncoder
 from mmjax.nn.sequence import StrokeEncoder
@@ -14,6 +22,7 @@ __all__ = [
     "MLP",
     "MultimodalEncoder",
     "StrokeEncoder",
+    "batch_norm",
     "conv2d_im2col",
     "conv2d_lax",
     "resolve_conv_impl",
