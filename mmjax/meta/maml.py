@@ -185,7 +185,7 @@ def resolve_task_batching(task_batching: str | int) -> str | int:
     int ``n`` scans over chunks of ``n`` tasks, vmapped inside a chunk. All give the same
     result up to float rounding. ``"auto"`` is ``"scan"`` on a single CPU device, where
     one task's working set stays in cache and ``benchmarks/maml_orders.py`` measured the
-    Conv-4 meta-step about 2x faster than ``vmap`` (with ~30x less XLA temporary memory),
+    Conv-4 meta-step 1.5x-2x faster than ``vmap`` (with ~30x less XLA temporary memory),
     and ``"vmap"`` elsewhere: on accelerators, and on several devices, where the task axis
     is what ``jit`` shards (a scanned axis cannot be split over devices).
     """
