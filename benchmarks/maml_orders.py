@@ -128,8 +128,7 @@ def measure(spec: dict) -> dict:
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
 
-    task_batching = spec.get("task_batching", "auto")
-    task_batching = int(task_batching) if str(task_batching).isdigit() else task_batching
+    task_batching = spec.get("task_batching", "auto")  # a chunk size arrives as an int
     step = maml.make_meta_train_step(
         loss_fn, optimizer, unroll=spec["unroll"], task_batching=task_batching, **settings
     )
@@ -458,9 +457,9 @@ def _check_args(args) -> None:
             raise ValueError(f"--{name} must be >= 1; got {getattr(args, name)}")
     if args.unroll < 0:
         raise ValueError(f"--unroll must be >= 0 (0: full); got {args.unroll}")
-    if args.task_batching not in ("auto", "vmap", "scan") and not (
-        args.task_batching.isdigit() and int(args.task_batching) >= 1
-    ):
+    if args.task_batching.isdigit() and int(args.task_batching) >= 1:
+        args.task_batching = int(args.task_batching)
+    elif args.task_batching not in ("auto", "vmap", "scan"):
         raise ValueError(
             f"--task_batching must be auto, vmap, scan or an int >= 1; got {args.task_batching!r}"
         )
@@ -575,7 +574,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     header = (
         f"Machine: {platform.machine()} ({_cpu_name()}), {os.cpu_count()} CPUs; backend "
         f"{first['backend']} ({first['device']}); jax {first['jax']}; conv "
-        f"{first['conv_impl_resolved']}; tasks by {first['task_batching_resolved']}; measured f32 matmul peak {peak:.1f} GFLOP/s; FLOPs from "
+        f"{first['conv_impl_resolved']}; tasks by {first['task_batching_resolved']}; "
+        f"measured f32 matmul peak {peak:.1f} GFLOP/s; FLOPs from "
         f"XLA cost_analysis with the inner loop unrolled; median of {args.repeats} steps after "
         f"a warm-up, {args.rounds} round(s)"
         + ("" if args.smoke else ", each configuration in its own process")

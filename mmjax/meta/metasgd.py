@@ -42,39 +42,30 @@ def init_inner_lr(inner_lr: float | Params, params: Params) -> Params:
     )
 
 
-def meta_loss(
-    meta_params: Params,
-    episodes: Episode,
-    *,
-    loss_fn: maml.LossFn,
-    num_steps: int,
-    first_order: bool = False,
-    task_batching: str | int = "auto",
-) -> tuple[chex.Array, dict]:
-    """Mean query loss of MAML with the meta-learned rates ``meta_params["inner_lr"]``."""
-    per_task = functools.partial(
-        _task_loss, loss_fn=loss_fn, num_steps=num_steps, first_order=first_order
-    )
-    return maml.mean_over_tasks(per_task, meta_params, episodes, task_batching)
+def task_loss(meta_params: Params, episode: Episode, **kwargs) -> tuple[chex.Array, dict]:
+    """:func:`mmjax.meta.maml.task_loss` of one task with the rates ``meta_params["inner_lr"]``.
 
-
-def _task_loss(meta_params: Params, episode: Episode, **kwargs) -> tuple[chex.Array, dict]:
+    ``kwargs``: ``loss_fn``, ``num_steps``, ``first_order``; scalar loss and metrics.
+    """
     return maml.task_loss(meta_params["model"], episode, inner_lr=meta_params["inner_lr"], **kwargs)
 
 
+def meta_loss(
+    meta_params: Params, episodes: Episode, *, task_batching: str | int = "auto", **kwargs
+) -> tuple[chex.Array, dict]:
+    """Mean query loss of MAML with the meta-learned rates ``meta_params["inner_lr"]``.
+
+    ``kwargs`` are :func:`task_loss`'s (``loss_fn``, ``num_steps``, ``first_order``).
+    """
+    per_task = functools.partial(task_loss, **kwargs)
+    return maml.mean_over_tasks(per_task, meta_params, episodes, task_batching)
+
+
 def meta_grad(
-    meta_params: Params,
-    episodes: Episode,
-    *,
-    loss_fn: maml.LossFn,
-    num_steps: int,
-    first_order: bool = False,
-    task_batching: str | int = "auto",
+    meta_params: Params, episodes: Episode, *, task_batching: str | int = "auto", **kwargs
 ) -> tuple[Params, dict]:
     """Gradient of :func:`meta_loss` w.r.t. both the initialisation and the rates."""
-    per_task = functools.partial(
-        _task_loss, loss_fn=loss_fn, num_steps=num_steps, first_order=first_order
-    )
+    per_task = functools.partial(task_loss, **kwargs)
     return maml.grad_over_tasks(per_task, meta_params, episodes, task_batching)
 
 
@@ -109,13 +100,8 @@ def metasgd_learner(
         params = model.init(key, example_inputs)
         return {"model": params, "inner_lr": init_inner_lr(inner_lr, params)}
 
-    per_task = functools.partial(maml.task_loss, loss_fn=loss_fn, num_steps=eval_steps)
-
-    def evaluate(meta_params: Params, episodes: Episode) -> dict:
-        run = lambda meta_params, episode: per_task(
-            meta_params["model"], episode, inner_lr=meta_params["inner_lr"]
-        )
-        return maml.metrics_per_task(run, meta_params, episodes, task_batching)
+    per_task = functools.partial(task_loss, loss_fn=loss_fn, num_steps=eval_steps)
+    evaluate = functools.partial(maml.metrics_per_task, per_task, task_batching=task_batching)
 
     return MetaLearner(
         name="metasgd",

@@ -171,8 +171,8 @@ def reptile_learner(
             )
             return loss_fn(adapted, episode.query_inputs, episode.query_labels)[1]
 
-        return maml.metrics_per_task(
-            lambda _, episode: (None, per_task(episode)), params, episodes, task_batching
+        return maml.map_over_tasks(
+            lambda _, episode: per_task(episode), params, episodes, task_batching
         )
 
     return MetaLearner(

@@ -142,7 +142,7 @@ def batch_norm(
 
 def _batch_norm_fwd(x, scale, bias, epsilon, relu):
     y, (mean, rstd) = _batch_norm_forward(x, scale, bias, epsilon, relu)
-    return y, (x, scale, mean, rstd, y)
+    return y, (x, scale, mean, rstd, y if relu else None)  # y: the ReLU mask only
 
 
 def _batch_norm_bwd(epsilon, relu, residuals, grad):

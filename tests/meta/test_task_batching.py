@@ -5,6 +5,7 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
+import optax
 import pytest
 
 from mmjax.data.episodes import Episode
@@ -131,7 +132,7 @@ def test_bad_task_batching_is_refused_before_tracing(value, message):
     with pytest.raises(ValueError, match=message):
         maml.make_meta_train_step(
             maml.classification_loss(model.apply),
-            __import__("optax").sgd(0.1),
+            optax.sgd(0.1),
             inner_lr=0.4,
             num_steps=1,
             task_batching=value,
