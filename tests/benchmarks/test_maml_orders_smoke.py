@@ -39,6 +39,21 @@ def test_smoke_run_writes_jsonl_markdown_and_plots(bench, tmp_path):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_scanned_tasks_are_timed_and_every_task_counted(bench, tmp_path):
+    """--task_batching scan times the scanned step; its FLOPs still count all tasks."""
+    vmapped = bench.main(["--smoke", "--orders", "first", "--task_batching", "vmap",
+                          "--out", str(tmp_path / "vmap")])
+    scanned = bench.main(["--smoke", "--orders", "first", "--task_batching", "scan",
+                          "--out", str(tmp_path / "scan")])
+    assert vmapped[0]["task_batching_resolved"] == "vmap"
+    assert scanned[0]["task_batching_resolved"] == "scan"
+    assert scanned[0]["gflop_per_step"] == pytest.approx(vmapped[0]["gflop_per_step"], rel=1e-6)
+    assert "tasks by scan" in (tmp_path / "scan" / "maml_orders.md").read_text()
+    message = "--task_batching must be auto, vmap, scan or an int >= 1; got 'loop'"
+    with pytest.raises(ValueError, match=message):
+        bench.main(["--smoke", "--task_batching", "loop", "--out", str(tmp_path / "bad")])
+
+
 def test_flop_count_grows_with_inner_steps(bench):
     """cost_analysis of the unrolled inner loop counts every step (a rolled scan would not)."""
     spec = dict(order="first", remat=False, ways=2, shots=1, queries=1, meta_batch=1,

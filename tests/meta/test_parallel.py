@@ -28,9 +28,13 @@ def setup():
     return loss_fn, optimizer, params, episodes, kwargs, want
 
 
-def test_pmap_step_equals_single_device(setup):
+@pytest.mark.parametrize("task_batching", ["auto", "scan"])
+def test_pmap_step_equals_single_device(setup, task_batching):
+    """Each device's tasks vmapped ("auto" on 8 devices) or scanned give the same update."""
     loss_fn, optimizer, params, episodes, kwargs, (want_params, _, want_metrics) = setup
-    step = parallel.make_pmap_meta_train_step(loss_fn, optimizer, **kwargs)
+    step = parallel.make_pmap_meta_train_step(
+        loss_fn, optimizer, task_batching=task_batching, **kwargs
+    )
     new_params, _, metrics = step(
         jax_utils.replicate(params),
         jax_utils.replicate(optimizer.init(params)),
