@@ -131,3 +131,57 @@ def test_batch_norm_custom_vjp_equals_autodiff_to_second_order(relu):
         chex.assert_trees_all_close(
             make(conv.batch_norm), make(_reference_batch_norm), rtol=1e-9, atol=1e-10
         )
+
+
+def _reference_conv4(params, x):
+    """Conv-4 written out with the conv bias added, as learn2learn's ``OmniglotCNN`` does."""
+    p = params["params"]
+    for i in range(4):
+        c, n = p[f"Conv2D_{i}"], p[f"BatchStatNorm_{i}"]
+        x = conv.conv2d_lax(x, c["kernel"], stride=2) + c["bias"]
+        x = _reference_batch_norm(x, n["scale"], n["bias"], relu=True)
+    return jnp.mean(x, axis=(1, 2))
+
+
+def test_conv4_skips_the_bias_that_batch_norm_cancels():
+    """Conv4 does not add its conv biases; the function and the other gradients are the same."""
+    with jax.enable_x64(True):
+        x = jax.random.uniform(jax.random.key(4), (6, 28, 28, 1), jnp.float64)
+        model = conv.Conv4(features=8, conv_impl="im2col")
+        params = model.init(jax.random.key(5), x)
+        # Large, distinct conv biases: a reference that adds them must still agree.
+        layers = dict(params["params"])
+        for i in range(4):
+            bias = 3.0 * jax.random.normal(jax.random.key(10 + i), (8,), jnp.float64)
+            layers[f"Conv2D_{i}"] = dict(layers[f"Conv2D_{i}"], bias=bias)
+        params = {"params": layers}
+        weights = jax.random.normal(jax.random.key(6), (6, 8), jnp.float64)
+        loss = lambda f: lambda p: jnp.sum(jnp.tanh(f(p, x)) * weights)
+        value, grads = jax.value_and_grad(loss(model.apply))(params)
+        ref_value, ref_grads = jax.value_and_grad(loss(_reference_conv4))(params)
+        np.testing.assert_allclose(value, ref_value, rtol=1e-10)
+        for i in range(4):
+            conv_grads = grads["params"][f"Conv2D_{i}"]
+            np.testing.assert_array_equal(conv_grads["bias"], 0.0)
+            # The reference's bias gradient is zero up to rounding: the bias is cancelled.
+            assert float(jnp.max(jnp.abs(ref_grads["params"][f"Conv2D_{i}"]["bias"]))) < 1e-9
+            chex.assert_trees_all_close(
+                conv_grads["kernel"], ref_grads["params"][f"Conv2D_{i}"]["kernel"], rtol=1e-8
+            )
+            chex.assert_trees_all_close(
+                grads["params"][f"BatchStatNorm_{i}"],
+                ref_grads["params"][f"BatchStatNorm_{i}"],
+                rtol=1e-8,
+                atol=1e-12,
+            )
+
+
+def test_conv2d_add_bias():
+    x = jax.random.normal(jax.random.key(8), (2, 5, 5, 3))
+    with_bias = conv.Conv2D(4, conv_impl="im2col")
+    params = with_bias.init(jax.random.key(9), x)
+    params = {"params": dict(params["params"], bias=jnp.arange(4.0))}
+    without = conv.Conv2D(4, conv_impl="im2col", add_bias=False)
+    chex.assert_trees_all_close(
+        with_bias.apply(params, x), without.apply(params, x) + jnp.arange(4.0), atol=1e-6
+    )
