@@ -100,7 +100,7 @@ def pseudo_gradient(
       ``loss_fn`` metrics after adaptation (means over tasks) plus ``support_loss``.
     """
 
-    def per_task(episode: Episode):
+    def per_task(params: Params, episode: Episode):
         inputs, labels = episode.support_inputs, episode.support_labels
         if adapt_on_query:
             join = lambda s, q: jnp.concatenate([s, q], axis=0)
@@ -121,9 +121,7 @@ def pseudo_gradient(
             metrics["support_loss"] = losses[0]
         return jax.tree.map(jnp.subtract, params, adapted), metrics
 
-    deltas, metrics = maml.map_over_tasks(
-        lambda _, episode: per_task(episode), params, episodes, task_batching
-    )
+    deltas, metrics = maml.map_over_tasks(per_task, params, episodes, task_batching)
     mean = functools.partial(jnp.mean, axis=0)
     return jax.tree.map(mean, deltas), jax.tree.map(mean, metrics)
 
@@ -160,20 +158,13 @@ def reptile_learner(
     loss_fn = maml.classification_loss(model.apply)
     settings = dict(loss_fn=loss_fn, inner_lr=inner_lr, inner_optimizer=inner_optimizer)
 
-    def evaluate(params: Params, episodes: Episode) -> dict:
-        def per_task(episode: Episode) -> dict:
-            adapted, _ = adapt(
-                params,
-                episode.support_inputs,
-                episode.support_labels,
-                num_steps=eval_steps,
-                **settings,
-            )
-            return loss_fn(adapted, episode.query_inputs, episode.query_labels)[1]
-
-        return maml.map_over_tasks(
-            lambda _, episode: per_task(episode), params, episodes, task_batching
+    def eval_per_task(params: Params, episode: Episode) -> dict:
+        adapted, _ = adapt(
+            params, episode.support_inputs, episode.support_labels, num_steps=eval_steps, **settings
         )
+        return loss_fn(adapted, episode.query_inputs, episode.query_labels)[1]
+
+    evaluate = functools.partial(maml.map_over_tasks, eval_per_task, task_batching=task_batching)
 
     return MetaLearner(
         name="reptile",
