@@ -457,12 +457,17 @@ def _check_args(args) -> None:
             raise ValueError(f"--{name} must be >= 1; got {getattr(args, name)}")
     if args.unroll < 0:
         raise ValueError(f"--unroll must be >= 0 (0: full); got {args.unroll}")
-    if args.task_batching.isdigit() and int(args.task_batching) >= 1:
-        args.task_batching = int(args.task_batching)
-    elif args.task_batching not in ("auto", "vmap", "scan"):
+    from mmjax.meta import maml
+
+    value = int(args.task_batching) if args.task_batching.isdigit() else args.task_batching
+    try:
+        maml.resolve_task_batching(value)  # the library's rule, one place
+    except ValueError:
         raise ValueError(
-            f"--task_batching must be auto, vmap, scan or an int >= 1; got {args.task_batching!r}"
-        )
+            f"--task_batching must be {', '.join(maml.TASK_BATCHINGS)} or an int >= 1; "
+            f"got {args.task_batching!r}"
+        ) from None
+    args.task_batching = value
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
