@@ -155,8 +155,8 @@ def measure(spec: dict) -> dict:
         device=str(jax.devices()[0].device_kind),
         jax=jax.__version__,
         tasks_per_s=round(spec["meta_batch"] / median, 2),
-        s_per_step=round(median, 5),
-        s_per_step_all=[round(t, 5) for t in times],
+        s_per_step=_seconds(median),
+        s_per_step_all=[_seconds(t) for t in times],
         compile_s=round(compile_s, 3),
         peak_memory_mb=round(peak_mb, 1),
         memory_source=memory_source,
@@ -537,7 +537,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row = measured[0]
         if args.rounds > 1:
             row = dict(row)
-            row["s_per_step"] = round(statistics.median(m["s_per_step"] for m in measured), 5)
+            row["s_per_step"] = _seconds(statistics.median(m["s_per_step"] for m in measured))
             row["tasks_per_s"] = round(batch / row["s_per_step"], 2)
             row["s_per_step_rounds"] = [m["s_per_step"] for m in measured]
             row["achieved_gflop_s"] = round(row["gflop_per_step"] / row["s_per_step"], 2)
@@ -598,6 +598,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(table)
     plot(rows, args.out)
     return rows
+
+
+def _seconds(t: float) -> float:
+    """Seconds to 5 significant digits: a fixed 5 decimals would cut a smoke-size step
+    (~0.3 ms) to 2 digits, and its tasks/s would no longer match its s/step."""
+    return float(f"{t:.5g}")
 
 
 def _slug(spec: dict) -> str:
