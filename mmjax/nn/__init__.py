@@ -8,8 +8,12 @@ from mmjax.nn.conv import (
     batch_norm,
     conv2d_im2col,
     conv2d_lax,
+    im2col_columns,
+    im2col_patches,
+    patch_matmul,
     resolve_conv_impl,
 )
+from mmjax.nn.conv_norm import conv_batch_norm_relu
 from mmjax.nn.mlp import MLP
 from mmjax.nn.multimodal import MultimodalEncoder
 from mmjax.nn.sequence import StrokeEncoder
@@ -25,5 +29,9 @@ __all__ = [
     "batch_norm",
     "conv2d_im2col",
     "conv2d_lax",
+    "conv_batch_norm_relu",
+    "im2col_columns",
+    "im2col_patches",
+    "patch_matmul",
     "resolve_conv_impl",
 ]
