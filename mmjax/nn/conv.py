@@ -82,9 +82,10 @@ def patch_matmul(patches: chex.Array, kernel: chex.Array) -> chex.Array:
     The kernel gradient ``patches^T @ g`` contracts the major axis of both operands; XLA:CPU
     runs that form with Eigen at under half the speed of ``(g^T @ patches)^T``, and folds
     any plain transpose back into it, so the product is taken as ``g^T @ patches`` behind an
-    ``optimization_barrier`` when the patches are at least 64 deep (measured: 3.4 against
-    2.5 ms for Conv-4's second layer on 75 images, never slower for its other layers; for a
-    9-deep first layer the plain form is faster). The backward pass is itself
+    ``optimization_barrier`` when the patches are at least 64 deep (``python
+    benchmarks/kernel_grad_layout.py``: 1.3x faster for Conv-4's second and third layers on
+    75 query images, within 10% either way for the small support-set products, 2.3x slower
+    for a 9-deep first layer, which keeps the plain form). The backward pass is itself
     differentiable (second-order MAML).
     """
     return patches @ kernel
