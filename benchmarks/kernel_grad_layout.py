@@ -41,7 +41,7 @@ def measure(pixels: int, depth: int, channels: int, repeats: int) -> dict:
             start = time.perf_counter()
             jax.block_until_ready(fn(patches, grad))
             times[name].append(time.perf_counter() - start)
-    row = dict(pixels=pixels, depth=depth, channels=channels, backend=jax.default_backend())
+    row = {"pixels": pixels, "depth": depth, "channels": channels, "backend": jax.default_backend()}
     for name, ts in times.items():
         row[f"{name}_min_ms"] = round(1e3 * min(ts), 4)
         row[f"{name}_median_ms"] = round(1e3 * statistics.median(ts), 4)
@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--smoke", action="store_true", help="two tiny shapes, 3 repeats")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.channels < 1:
-        raise ValueError(f"--repeats and --channels must be >= 1; got {args.repeats}, {args.channels}")
+        raise ValueError(
+            f"--repeats and --channels must be >= 1; got {args.repeats}, {args.channels}"
+        )
     shapes = ((40, 72), (40, 9)) if args.smoke else SHAPES
     repeats = 3 if args.smoke else args.repeats
     rows = [measure(p, d, args.channels, repeats) for p, d in shapes]
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for r in rows:
         print(
             f"| {r['pixels']} | {r['depth']} | {r['plain_min_ms']:.3f} / {r['plain_median_ms']:.3f}"
-            f" | {r['barrier_min_ms']:.3f} / {r['barrier_median_ms']:.3f} | {r['barrier_speedup']:.2f}x |"
+            f" | {r['barrier_min_ms']:.3f} / {r['barrier_median_ms']:.3f}"
+            f" | {r['barrier_speedup']:.2f}x |"
         )
     return rows
 

@@ -70,19 +70,22 @@ def im2col_patches(x: chex.Array, kernel_size: int, *, stride: int = 1) -> tuple
 
 
 def im2col_columns(x: chex.Array, kernel_size: int, *, stride: int = 1) -> tuple[chex.Array, tuple]:
-    """:func:`im2col_patches` transposed: ``([k * k * in_channels, batch * out_h * out_w], out_shape)``."""
+    """:func:`im2col_patches` transposed.
+
+    Returns ``(columns, out_shape)`` with ``columns: [k * k * in_channels, batch * out_h * out_w]``.
+    """
     patches, out_shape = im2col_patches(x, kernel_size, stride=stride)
     return patches.T, out_shape
 
 
 @jax.custom_vjp
 def patch_matmul(patches: chex.Array, kernel: chex.Array) -> chex.Array:
-    """``patches @ kernel`` (``[N, K] x [K, C] -> [N, C]``) with a backward pass laid out for XLA:CPU.
+    """``patches @ kernel`` (``[N, K] x [K, C] -> [N, C]``), backward pass laid out for XLA:CPU.
 
     The kernel gradient ``patches^T @ g`` contracts the major axis of both operands; XLA:CPU
-    runs that form with Eigen at under half the speed of ``(g^T @ patches)^T``, and folds
-    any plain transpose back into it, so the product is taken as ``g^T @ patches`` behind an
-    ``optimization_barrier`` when the patches are at least 64 deep (``python
+    runs that form with Eigen, slower than ``(g^T @ patches)^T`` for large products, and
+    folds any plain transpose back into it, so the product is taken as ``g^T @ patches``
+    behind an ``optimization_barrier`` when the patches are at least 64 deep (``python
     benchmarks/kernel_grad_layout.py``: 1.3x faster for Conv-4's second and third layers on
     75 query images, within 10% either way for the small support-set products, 2.3x slower
     for a 9-deep first layer, which keeps the plain form). The backward pass is itself

@@ -13,9 +13,14 @@ def test_smoke_rows_and_forms_agree(capsys):
     assert [(r["pixels"], r["depth"]) for r in rows] == [(40, 72), (40, 9)]
     for r in rows:
         assert r["plain_min_ms"] > 0 and r["barrier_min_ms"] > 0
-        assert r["barrier_speedup"] == pytest.approx(r["plain_min_ms"] / r["barrier_min_ms"], rel=1e-2)
+        assert r["barrier_speedup"] == pytest.approx(
+            r["plain_min_ms"] / r["barrier_min_ms"], rel=1e-2
+        )
     assert "| 40 | 72 |" in capsys.readouterr().out
-    p, g = jax.random.normal(jax.random.key(0), (40, 72)), jax.random.normal(jax.random.key(1), (40, 8))
+    p, g = (
+        jax.random.normal(jax.random.key(0), (40, 72)),
+        jax.random.normal(jax.random.key(1), (40, 8)),
+    )
     barrier = jax.lax.optimization_barrier(jnp.einsum("nc,nk->ck", g, p)).T
     assert jnp.allclose(barrier, p.T @ g, rtol=1e-5, atol=1e-5)
 

@@ -213,6 +213,8 @@ def test_patch_matmul_equals_autodiff_to_second_order(depth):
         chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-12)
         # Under vmap (per-task kernels) too.
         kernels = jnp.stack([kernel, 2 * kernel])
-        mapped = jax.vmap(jax.grad(lambda k: jnp.sum(jnp.sin(conv.patch_matmul(patches, k)))))(kernels)
+        mapped = jax.vmap(jax.grad(lambda k: jnp.sum(jnp.sin(conv.patch_matmul(patches, k)))))(
+            kernels
+        )
         looped = [jax.grad(lambda k: jnp.sum(jnp.sin(patches @ k)))(k) for k in kernels]
         chex.assert_trees_all_close(mapped, jnp.stack(looped), rtol=1e-10)

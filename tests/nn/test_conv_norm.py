@@ -42,7 +42,10 @@ def test_equals_autodiff_to_second_order_in_float64():
         args = _inputs(jnp.float64)
         n, c = args[0].shape[1], args[1].shape[1]
         weights = jax.random.normal(jax.random.key(5), (n, c), jnp.float64)
-        directions = [jax.random.normal(jax.random.key(6 + i), a.shape, jnp.float64) for i, a in enumerate(args)]
+        directions = [
+            jax.random.normal(jax.random.key(6 + i), a.shape, jnp.float64)
+            for i, a in enumerate(args)
+        ]
 
         def make(layer):
             loss = lambda *a: jnp.sum(jnp.sin(layer(*a)) * weights)
@@ -66,7 +69,9 @@ def test_vmap_equals_a_loop_over_tasks():
     loss = lambda k: jnp.sum(jnp.tanh(conv_batch_norm_relu(columns, k, scale, bias)))
     mapped = jax.vmap(jax.value_and_grad(loss))(kernels)
     looped = [jax.value_and_grad(loss)(k) for k in kernels]
-    chex.assert_trees_all_close(mapped, jax.tree.map(lambda *x: jnp.stack(x), *looped), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(
+        mapped, jax.tree.map(lambda *x: jnp.stack(x), *looped), rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("jit", [False, True])
@@ -78,7 +83,7 @@ def test_conv4_fused_first_block_equals_unfused(jit):
     for fuse in (True, False):
         model = Classifier(Conv4(features=16, conv_impl="im2col", fuse_first_block=fuse), 5)
         params = model.init(jax.random.key(1), x)
-        loss = lambda p, x: optax.softmax_cross_entropy_with_integer_labels(
+        loss = lambda p, x, model=model: optax.softmax_cross_entropy_with_integer_labels(
             model.apply(p, x), labels
         ).mean()
         fn = jax.value_and_grad(loss, argnums=(0, 1))
@@ -115,7 +120,7 @@ def test_maml_meta_gradient_fused_equals_unfused_in_float64(first_order):
             model = Classifier(Conv4(features=8, conv_impl="im2col", fuse_first_block=fuse), 5)
             params = model.init(keys[2], episodes.support_inputs[0])
             loss_fn = maml.classification_loss(model.apply)
-            meta = lambda p: maml.meta_loss(
+            meta = lambda p, loss_fn=loss_fn: maml.meta_loss(
                 p, episodes, loss_fn=loss_fn, inner_lr=0.4, num_steps=2, first_order=first_order
             )[0]
             grads.append(jax.grad(meta)(params))
