@@ -13,14 +13,13 @@ elsewhere; ``"im2col"`` or ``"lax"`` forces one (``config.model.conv_impl`` in t
 
 from __future__ import annotations
 
-import functools
-
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from mmjax.nn.conv_norm import conv_batch_norm_relu
+from mmjax.nn.norm import batch_norm
 
 CONV_IMPLS = ("auto", "im2col", "lax")
 
@@ -86,7 +85,7 @@ def patch_matmul(patches: chex.Array, kernel: chex.Array) -> chex.Array:
     runs that form with Eigen, slower than ``(g^T @ patches)^T`` for large products, and
     folds any plain transpose back into it, so the product is taken as ``g^T @ patches``
     behind an ``optimization_barrier`` when the patches are at least 64 deep (``python
-    benchmarks/kernel_grad_layout.py``: 1.3x faster for Conv-4's second and third layers on
+    benchmarks/kernel_grad_layout.py --repeats 40``: 1.3x faster for Conv-4's second and third layers on
     75 query images, within 10% either way for the small support-set products, 2.3x slower
     for a 9-deep first layer, which keeps the plain form). The backward pass is itself
     differentiable (second-order MAML).
@@ -186,50 +185,6 @@ class Conv2D(nn.Module):
         fn = conv2d_im2col if impl == "im2col" else conv2d_lax
         out = fn(x, kernel.astype(x.dtype), stride=self.stride)
         return out + bias.astype(x.dtype) if self.add_bias else out
-
-
-def _batch_norm_forward(x, scale, bias, epsilon, relu):
-    axes = tuple(range(x.ndim - 1))
-    mean = jnp.mean(x, axis=axes)
-    rstd = jax.lax.rsqrt(jnp.mean(jnp.square(x - mean), axis=axes) + epsilon)
-    y = (x - mean) * (rstd * scale) + bias
-    return (jnp.maximum(y, 0) if relu else y), (mean, rstd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def batch_norm(
-    x: chex.Array, scale: chex.Array, bias: chex.Array, epsilon: float = 1e-3, relu: bool = False
-) -> chex.Array:
-    """Normalises ``x: [..., C]`` with its own statistics over all but the last axis.
-
-    ``scale, bias: [C]``; returns ``[..., C]``, followed by a ReLU when ``relu``. The
-    backward pass is the closed form (two reductions and one elementwise pass), which
-    XLA:CPU runs several times faster than the autodiff of the forward; it is itself
-    differentiable, so second-order MAML differentiates through it.
-    """
-    return _batch_norm_forward(x, scale, bias, epsilon, relu)[0]
-
-
-def _batch_norm_fwd(x, scale, bias, epsilon, relu):
-    y, (mean, rstd) = _batch_norm_forward(x, scale, bias, epsilon, relu)
-    return y, (x, scale, mean, rstd, y if relu else None)  # y: the ReLU mask only
-
-
-def _batch_norm_bwd(epsilon, relu, residuals, grad):
-    del epsilon
-    x, scale, mean, rstd, y = residuals
-    axes = tuple(range(x.ndim - 1))
-    if relu:
-        grad = jnp.where(y > 0, grad, 0)
-    x_hat = (x - mean) * rstd
-    grad_bias = jnp.sum(grad, axis=axes)
-    grad_scale = jnp.sum(grad * x_hat, axis=axes)
-    count = x.size // x.shape[-1]
-    grad_x = (scale * rstd / count) * (count * grad - grad_bias - x_hat * grad_scale)
-    return grad_x, grad_scale, grad_bias
-
-
-batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
 
 
 class BatchStatNorm(nn.Module):

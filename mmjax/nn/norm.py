@@ -1,0 +1,59 @@
+"""Batch norm with batch statistics and a closed-form backward pass (``jax.custom_vjp``)."""
+
+from __future__ import annotations
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+
+
+def batch_norm_forward(x, scale, bias, epsilon, relu):
+    """Batch-stat norm of ``x: [..., C]`` (``scale, bias: [C]``), then a ReLU when ``relu``.
+
+    Returns ``(y, (mean, rstd))``: ``y: [..., C]`` and the ``[C]`` statistics over all but
+    the last axis. Plain ``jax.numpy`` (autodiff sees the formula): shared by
+    :func:`batch_norm` and :func:`mmjax.nn.conv_norm.conv_batch_norm_relu`.
+    """
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axis=axes)
+    rstd = jax.lax.rsqrt(jnp.mean(jnp.square(x - mean), axis=axes) + epsilon)
+    y = (x - mean) * (rstd * scale) + bias
+    return (jnp.maximum(y, 0) if relu else y), (mean, rstd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_norm(
+    x: chex.Array, scale: chex.Array, bias: chex.Array, epsilon: float = 1e-3, relu: bool = False
+) -> chex.Array:
+    """Normalises ``x: [..., C]`` with its own statistics over all but the last axis.
+
+    ``scale, bias: [C]``; returns ``[..., C]``, followed by a ReLU when ``relu``. The
+    backward pass is the closed form (two reductions and one elementwise pass), which
+    XLA:CPU runs several times faster than the autodiff of the forward; it is itself
+    differentiable, so second-order MAML differentiates through it.
+    """
+    return batch_norm_forward(x, scale, bias, epsilon, relu)[0]
+
+
+def _batch_norm_fwd(x, scale, bias, epsilon, relu):
+    y, (mean, rstd) = batch_norm_forward(x, scale, bias, epsilon, relu)
+    return y, (x, scale, mean, rstd, y if relu else None)  # y: the ReLU mask only
+
+
+def _batch_norm_bwd(epsilon, relu, residuals, grad):
+    del epsilon
+    x, scale, mean, rstd, y = residuals
+    axes = tuple(range(x.ndim - 1))
+    if relu:
+        grad = jnp.where(y > 0, grad, 0)
+    x_hat = (x - mean) * rstd
+    grad_bias = jnp.sum(grad, axis=axes)
+    grad_scale = jnp.sum(grad * x_hat, axis=axes)
+    count = x.size // x.shape[-1]
+    grad_x = (scale * rstd / count) * (count * grad - grad_bias - x_hat * grad_scale)
+    return grad_x, grad_scale, grad_bias
+
+
+batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
