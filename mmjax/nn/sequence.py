@@ -151,10 +151,12 @@ class GRUSequenceEncoder(nn.Module):
     @nn.compact
     def __call__(self, x: chex.Array, lengths: Optional[chex.Array] = None) -> jax.Array:
         carry = None
+        # The state (and so the params) is float32, or float64 for float64 inputs: GRUCell
+        # makes its initial carry in param_dtype, which must match the scanned state's dtype.
+        param_dtype = jnp.promote_types(x.dtype, jnp.float32)
         for layer in range(self.num_layers):
-            carry, x = nn.RNN(nn.GRUCell(self.features), return_carry=True, name=f"gru_{layer}")(
-                x, seq_lengths=lengths
-            )
+            cell = nn.GRUCell(self.features, param_dtype=param_dtype)
+            carry, x = nn.RNN(cell, return_carry=True, name=f"gru_{layer}")(x, seq_lengths=lengths)
         return carry
 
 

@@ -13,6 +13,7 @@ from absl.testing import parameterized
 
 from mmjax import fusion
 from mmjax.fusion import FUSION_METHODS, make_fusion
+from tests.precision import float64, to_float64
 
 OUT = 6
 KWARGS = {
@@ -116,19 +117,22 @@ class FusionContractTest(chex.TestCase):
     def test_vmap_over_tasks_with_per_task_params_and_float_mask(self, name):
         module, params, jitted = self.setup(name)
         tasks = 2
-        task_params = jax.tree.map(lambda p: jnp.stack([p, 1.1 * p]), params)
-        task_features = [jnp.stack([x, x + 1]) for x in self.inputs.features()]
-        task_masks = np.stack([self.inputs.MASK, self.inputs.MASK[:, ::-1]])
-        out = jax.jit(jax.vmap(module.apply))(
-            task_params, task_features, task_masks.astype(np.float32)
-        )
-        for t in range(tasks):
-            expected = jitted(
-                jax.tree.map(lambda p: p[t], task_params),
-                [x[t] for x in task_features],
-                task_masks[t],
+        with float64():  # an exactness claim (vmap equals a loop): compared in float64
+            params = to_float64(params)
+            task_params = jax.tree.map(lambda p: jnp.stack([p, 1.1 * p]), params)
+            task_features = [jnp.stack([x, x + 1]) for x in to_float64(self.inputs.features())]
+            task_masks = np.stack([self.inputs.MASK, self.inputs.MASK[:, ::-1]])
+            out = jax.jit(jax.vmap(module.apply))(
+                task_params, task_features, task_masks.astype(np.float64)
             )
-            np.testing.assert_allclose(out[t], expected, rtol=1e-5, atol=1e-5)
+            assert out.dtype == jnp.float64
+            for t in range(tasks):
+                expected = jitted(
+                    jax.tree.map(lambda p, t=t: p[t], task_params),
+                    [x[t] for x in task_features],
+                    task_masks[t],
+                )
+                np.testing.assert_allclose(out[t], expected, rtol=1e-10, atol=1e-12)
 
 
 BATCH = 5  # = FusionInputs.BATCH

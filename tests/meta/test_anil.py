@@ -10,6 +10,7 @@ from mmjax.meta import anil, maml
 from mmjax.meta.learner import make_learner
 from mmjax.nn.classifier import Classifier
 from mmjax.nn.mlp import MLP
+from tests.precision import float64, to_float64
 
 WAYS, SHOTS, DIM = 3, 2, 5
 
@@ -49,24 +50,27 @@ def test_inner_loop_leaves_encoder_bit_identical_and_changes_head():
 
 
 def test_meta_grad_equals_maml_with_zero_encoder_rate():
-    model, params, episodes = _setup()
-    learner = make_learner("anil", model, inner_lr=0.4, num_inner_steps=2)
-    grads, metrics = jax.jit(learner.meta_grad)(params, episodes)
-    rates = {
-        "params": {
-            "encoder": jax.tree.map(jnp.zeros_like, params["params"]["encoder"]),
-            "head": jax.tree.map(lambda p: jnp.full_like(p, 0.4), params["params"]["head"]),
+    with float64():  # an exactness claim: compared in float64
+        model, params, episodes = _setup()
+        params, episodes = to_float64((params, episodes))
+        learner = make_learner("anil", model, inner_lr=0.4, num_inner_steps=2)
+        grads, metrics = jax.jit(learner.meta_grad)(params, episodes)
+        rates = {
+            "params": {
+                "encoder": jax.tree.map(jnp.zeros_like, params["params"]["encoder"]),
+                "head": jax.tree.map(lambda p: jnp.full_like(p, 0.4), params["params"]["head"]),
+            }
         }
-    }
-    loss_fn = maml.classification_loss(model.apply)
-    want, want_metrics = jax.jit(
-        lambda p, r: maml.meta_grad(p, episodes, loss_fn=loss_fn, inner_lr=r, num_steps=2)
-    )(params, rates)
-    chex.assert_trees_all_close(grads, want, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(metrics["loss"], want_metrics["loss"], rtol=1e-6)
-    # The encoder is still meta-learned: its outer gradient is non-zero.
-    assert (
-        max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads["params"]["encoder"])) > 1e-5
-    )
-    per_task = jax.jit(learner.evaluate)(params, episodes)
-    chex.assert_shape([per_task["accuracy"], per_task["loss"]], (4,))
+        loss_fn = maml.classification_loss(model.apply)
+        want, want_metrics = jax.jit(
+            lambda p, r: maml.meta_grad(p, episodes, loss_fn=loss_fn, inner_lr=r, num_steps=2)
+        )(params, rates)
+        chex.assert_trees_all_close(grads, want, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(metrics["loss"], want_metrics["loss"], rtol=1e-10, atol=1e-12)
+        # The encoder is still meta-learned: its outer gradient is non-zero.
+        assert (
+            max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads["params"]["encoder"]))
+            > 1e-5
+        )
+        per_task = jax.jit(learner.evaluate)(params, episodes)
+        chex.assert_shape([per_task["accuracy"], per_task["loss"]], (4,))

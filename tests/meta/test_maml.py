@@ -9,6 +9,7 @@ import pytest
 
 from mmjax.meta import maml
 from mmjax.nn.mlp import MLP
+from tests.precision import float64
 
 WAYS, SHOTS, QUERIES, DIM = 3, 2, 4, 5
 
@@ -65,33 +66,37 @@ def test_second_order_meta_gradient_matches_finite_differences():
 
 
 def test_first_order_equals_stopped_inner_gradients():
-    model, params = _model_and_params()
-    episode = jax.tree.map(lambda x: x[0], _episodes(jax.random.key(2), 1))
-    loss_fn = maml.classification_loss(model.apply)
+    with float64():  # an exactness claim: compared in float64
+        model, params = _model_and_params(jnp.float64)
+        episode = jax.tree.map(lambda x: x[0], _episodes(jax.random.key(2), 1, jnp.float64))
+        loss_fn = maml.classification_loss(model.apply)
 
-    def oracle(p):
-        for _ in range(3):
-            g = jax.grad(lambda q: loss_fn(q, episode.support_inputs, episode.support_labels)[0])(p)
-            p = jax.tree.map(lambda a, b: a - 0.3 * jax.lax.stop_gradient(b), p, g)
-        return loss_fn(p, episode.query_inputs, episode.query_labels)[0]
+        def oracle(p):
+            for _ in range(3):
+                g = jax.grad(
+                    lambda q: loss_fn(q, episode.support_inputs, episode.support_labels)[0]
+                )(p)
+                p = jax.tree.map(lambda a, b: a - 0.3 * jax.lax.stop_gradient(b), p, g)
+            return loss_fn(p, episode.query_inputs, episode.query_labels)[0]
 
-    got = jax.grad(
-        lambda p: maml.task_loss(
-            p, episode, loss_fn=loss_fn, inner_lr=0.3, num_steps=3, first_order=True
-        )[0]
-    )(params)
-    chex.assert_trees_all_close(got, jax.grad(oracle)(params), rtol=1e-5, atol=1e-6)
+        got = jax.grad(
+            lambda p: maml.task_loss(
+                p, episode, loss_fn=loss_fn, inner_lr=0.3, num_steps=3, first_order=True
+            )[0]
+        )(params)
+        chex.assert_trees_all_close(got, jax.grad(oracle)(params), rtol=1e-10, atol=1e-12)
 
 
 def test_zero_inner_steps_is_plain_gradient():
-    model, params = _model_and_params()
-    episode = jax.tree.map(lambda x: x[0], _episodes(jax.random.key(3), 1))
-    loss_fn = maml.classification_loss(model.apply)
-    got = jax.grad(
-        lambda p: maml.task_loss(p, episode, loss_fn=loss_fn, inner_lr=0.3, num_steps=0)[0]
-    )(params)
-    want = jax.grad(lambda p: loss_fn(p, episode.query_inputs, episode.query_labels)[0])(params)
-    chex.assert_trees_all_close(got, want, rtol=1e-6)
+    with float64():  # an exactness claim: compared in float64
+        model, params = _model_and_params(jnp.float64)
+        episode = jax.tree.map(lambda x: x[0], _episodes(jax.random.key(3), 1, jnp.float64))
+        loss_fn = maml.classification_loss(model.apply)
+        got = jax.grad(
+            lambda p: maml.task_loss(p, episode, loss_fn=loss_fn, inner_lr=0.3, num_steps=0)[0]
+        )(params)
+        want = jax.grad(lambda p: loss_fn(p, episode.query_inputs, episode.query_labels)[0])(params)
+        chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 def test_adapt_lowers_support_loss():
@@ -113,44 +118,49 @@ def test_adapt_lowers_support_loss():
 
 @pytest.mark.parametrize("first_order", [False, True])
 def test_vmapped_meta_loss_equals_python_loop(first_order):
-    model, params = _model_and_params()
-    episodes = _episodes(jax.random.key(5), 4)
-    kwargs = dict(
-        loss_fn=maml.classification_loss(model.apply),
-        inner_lr=0.4,
-        num_steps=2,
-        first_order=first_order,
-    )
-    grads, metrics = maml.meta_grad(params, episodes, **kwargs)
-    per_task = [
-        jax.grad(
-            lambda p, e=jax.tree.map(lambda x: x[i], episodes): maml.task_loss(p, e, **kwargs)[0]
-        )(params)
-        for i in range(4)
-    ]
-    loop_mean = jax.tree.map(lambda *g: sum(g) / 4, *per_task)
-    chex.assert_trees_all_close(grads, loop_mean, rtol=1e-5, atol=1e-7)
-    assert set(metrics) == {"loss", "accuracy", "support_loss"}
+    with float64():  # an exactness claim: compared in float64
+        model, params = _model_and_params(jnp.float64)
+        episodes = _episodes(jax.random.key(5), 4, jnp.float64)
+        kwargs = dict(
+            loss_fn=maml.classification_loss(model.apply),
+            inner_lr=0.4,
+            num_steps=2,
+            first_order=first_order,
+        )
+        grads, metrics = maml.meta_grad(params, episodes, **kwargs)
+        per_task = [
+            jax.grad(
+                lambda p, e=jax.tree.map(lambda x: x[i], episodes): maml.task_loss(p, e, **kwargs)[
+                    0
+                ]
+            )(params)
+            for i in range(4)
+        ]
+        loop_mean = jax.tree.map(lambda *g: sum(g) / 4, *per_task)
+        chex.assert_trees_all_close(grads, loop_mean, rtol=1e-10, atol=1e-12)
+        assert set(metrics) == {"loss", "accuracy", "support_loss"}
 
 
 def test_remat_gives_equal_gradients():
-    model, params = _model_and_params()
-    episodes = _episodes(jax.random.key(6), 2)
-    kwargs = dict(loss_fn=maml.classification_loss(model.apply), inner_lr=0.4, num_steps=3)
-    plain, _ = maml.meta_grad(params, episodes, **kwargs)
-    remat, _ = maml.meta_grad(params, episodes, remat=True, **kwargs)
-    chex.assert_trees_all_close(plain, remat, rtol=1e-6, atol=1e-7)
+    with float64():  # an exactness claim: compared in float64
+        model, params = _model_and_params(jnp.float64)
+        episodes = _episodes(jax.random.key(6), 2, jnp.float64)
+        kwargs = dict(loss_fn=maml.classification_loss(model.apply), inner_lr=0.4, num_steps=3)
+        plain, _ = maml.meta_grad(params, episodes, **kwargs)
+        remat, _ = maml.meta_grad(params, episodes, remat=True, **kwargs)
+        chex.assert_trees_all_close(plain, remat, rtol=1e-10, atol=1e-12)
 
 
 def test_per_parameter_inner_lr_equal_rates_equal_scalar():
-    model, params = _model_and_params()
-    episodes = _episodes(jax.random.key(7), 2)
-    loss_fn = maml.classification_loss(model.apply)
-    tree_lr = jax.tree.map(lambda p: jnp.full(p.shape, 0.4), params)
-    maml.check_inner_lr(tree_lr, params)
-    a, _ = maml.meta_grad(params, episodes, loss_fn=loss_fn, inner_lr=0.4, num_steps=2)
-    b, _ = maml.meta_grad(params, episodes, loss_fn=loss_fn, inner_lr=tree_lr, num_steps=2)
-    chex.assert_trees_all_close(a, b, rtol=1e-6)
+    with float64():  # an exactness claim: compared in float64
+        model, params = _model_and_params(jnp.float64)
+        episodes = _episodes(jax.random.key(7), 2, jnp.float64)
+        loss_fn = maml.classification_loss(model.apply)
+        tree_lr = jax.tree.map(lambda p: jnp.full(p.shape, 0.4, jnp.float64), params)
+        maml.check_inner_lr(tree_lr, params)
+        a, _ = maml.meta_grad(params, episodes, loss_fn=loss_fn, inner_lr=0.4, num_steps=2)
+        b, _ = maml.meta_grad(params, episodes, loss_fn=loss_fn, inner_lr=tree_lr, num_steps=2)
+        chex.assert_trees_all_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_inner_lr_structure_errors_name_the_leaf():
@@ -195,9 +205,10 @@ def test_meta_train_step_learns_synthetic_tasks():
 
 @pytest.mark.parametrize("unroll", [True, 2])
 def test_unrolled_inner_loop_gives_equal_gradients(unroll):
-    model, params = _model_and_params()
-    episodes = _episodes(jax.random.key(7), 2)
-    kwargs = dict(loss_fn=maml.classification_loss(model.apply), inner_lr=0.4, num_steps=3)
-    rolled, _ = maml.meta_grad(params, episodes, **kwargs)
-    unrolled, _ = maml.meta_grad(params, episodes, unroll=unroll, **kwargs)
-    chex.assert_trees_all_close(rolled, unrolled, rtol=1e-5, atol=1e-6)
+    with float64():  # an exactness claim: compared in float64
+        model, params = _model_and_params(jnp.float64)
+        episodes = _episodes(jax.random.key(7), 2, jnp.float64)
+        kwargs = dict(loss_fn=maml.classification_loss(model.apply), inner_lr=0.4, num_steps=3)
+        rolled, _ = maml.meta_grad(params, episodes, **kwargs)
+        unrolled, _ = maml.meta_grad(params, episodes, unroll=unroll, **kwargs)
+        chex.assert_trees_all_close(rolled, unrolled, rtol=1e-10, atol=1e-12)

@@ -11,6 +11,7 @@ from mmjax.meta import maml, mmaml
 from mmjax.meta.learner import make_learner
 from mmjax.nn.classifier import Classifier
 from mmjax.nn.mlp import MLP
+from tests.precision import float64, to_float64
 
 TASKS, WAYS, SHOTS, DIM = 4, 3, 2, 5
 
@@ -32,21 +33,28 @@ def setup():
 
 
 def test_zero_modulation_equals_maml(setup):
-    model, episodes, learner, meta = setup
-    film = meta["modulation"]["params"]["film"]
-    assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(film))  # γ = β = 0
-    grads, metrics = jax.jit(learner.meta_grad)(meta, episodes)
-    kwargs = dict(loss_fn=maml.classification_loss(model.apply), inner_lr=0.4, num_steps=2)
-    want, want_metrics = jax.jit(lambda p: maml.meta_grad(p, episodes, **kwargs))(meta["model"])
-    chex.assert_trees_all_close(grads["model"], want, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(metrics["loss"], want_metrics["loss"], rtol=1e-6)
-    np.testing.assert_allclose(metrics["film_norm"], 0.0)
-    maml_eval = jax.jit(jax.vmap(lambda e: maml.task_loss(meta["model"], e, **kwargs)[1]))(episodes)
-    np.testing.assert_allclose(
-        jax.jit(learner.evaluate)(meta, episodes)["loss"], maml_eval["loss"], rtol=1e-6
-    )
-    # The FiLM output layer gets a gradient, so the modulation is meta-learned.
-    assert float(jnp.max(jnp.abs(grads["modulation"]["params"]["film"]["kernel"]))) > 1e-6
+    with float64():  # an exactness claim: compared in float64
+        model, episodes, learner, meta = setup
+        episodes, meta = to_float64((episodes, meta))
+        film = meta["modulation"]["params"]["film"]
+        assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(film))  # γ = β = 0
+        grads, metrics = jax.jit(learner.meta_grad)(meta, episodes)
+        kwargs = dict(loss_fn=maml.classification_loss(model.apply), inner_lr=0.4, num_steps=2)
+        want, want_metrics = jax.jit(lambda p: maml.meta_grad(p, episodes, **kwargs))(meta["model"])
+        chex.assert_trees_all_close(grads["model"], want, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(metrics["loss"], want_metrics["loss"], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(metrics["film_norm"], 0.0)
+        maml_eval = jax.jit(jax.vmap(lambda e: maml.task_loss(meta["model"], e, **kwargs)[1]))(
+            episodes
+        )
+        np.testing.assert_allclose(
+            jax.jit(learner.evaluate)(meta, episodes)["loss"],
+            maml_eval["loss"],
+            rtol=1e-10,
+            atol=1e-12,
+        )
+        # The FiLM output layer gets a gradient, so the modulation is meta-learned.
+        assert float(jnp.max(jnp.abs(grads["modulation"]["params"]["film"]["kernel"]))) > 1e-6
 
 
 def test_nonzero_modulation_changes_the_loss(setup):
@@ -61,19 +69,21 @@ def test_nonzero_modulation_changes_the_loss(setup):
 
 
 def test_task_encoder_is_permutation_invariant(setup):
-    model, episodes, _, meta = setup
-    encoder = mmaml.TaskEncoder(model.encoder.clone(), 8, (16,))
-    modulation = jax.tree.map(
-        lambda x: x + 0.1 * jnp.ones_like(x), meta["modulation"]
-    )  # non-zero FiLM layer
-    x, labels = episodes.support_inputs[0], jax.nn.one_hot(episodes.support_labels[0], WAYS)
-    gamma, beta = encoder.apply(modulation, x, labels)
-    chex.assert_shape([gamma, beta], (8,))
-    order = jnp.array([3, 0, 5, 1, 4, 2])
-    gamma2, beta2 = encoder.apply(modulation, x[order], labels[order])
-    np.testing.assert_allclose(gamma, gamma2, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(beta, beta2, rtol=1e-5, atol=1e-6)
-    assert float(jnp.max(jnp.abs(gamma))) > 1e-3
+    with float64():  # an exactness claim: compared in float64
+        model, episodes, _, meta = setup
+        episodes, meta = to_float64((episodes, meta))
+        encoder = mmaml.TaskEncoder(model.encoder.clone(), 8, (16,))
+        modulation = jax.tree.map(
+            lambda x: x + 0.1 * jnp.ones_like(x), meta["modulation"]
+        )  # non-zero FiLM layer
+        x, labels = episodes.support_inputs[0], jax.nn.one_hot(episodes.support_labels[0], WAYS)
+        gamma, beta = encoder.apply(modulation, x, labels)
+        chex.assert_shape([gamma, beta], (8,))
+        order = jnp.array([3, 0, 5, 1, 4, 2])
+        gamma2, beta2 = encoder.apply(modulation, x[order], labels[order])
+        np.testing.assert_allclose(gamma, gamma2, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(beta, beta2, rtol=1e-10, atol=1e-12)
+        assert float(jnp.max(jnp.abs(gamma))) > 1e-3
 
 
 def test_regression_loss_mode():

@@ -12,6 +12,7 @@ from mmjax.meta import reptile
 from mmjax.meta.learner import make_learner
 from mmjax.nn.classifier import Classifier
 from mmjax.nn.mlp import MLP
+from tests.precision import float64, to_float64
 
 TASKS, SUPPORT, DIM = 3, 4, 5
 
@@ -77,29 +78,34 @@ def test_adam_inner_first_step_moves_by_lr_times_sign():
 
 
 def test_learner_on_classifier_shapes_and_first_order():
-    model = Classifier(MLP((8,), activate_final=True), num_classes=3)
-    learner = make_learner("reptile", model, inner_lr=0.5, num_inner_steps=2)
-    x = jax.random.normal(jax.random.key(3), (4, 6, 5))
-    labels = jnp.tile(jnp.arange(3).repeat(2), (4, 1))
-    episodes = Episode(x, labels, x, labels)
-    params = learner.init(jax.random.key(4), x[0])
-    grads, metrics = jax.jit(learner.meta_grad)(params, episodes)
-    chex.assert_trees_all_equal_shapes(grads, params)
-    assert {"loss", "accuracy", "support_loss"} <= set(metrics)
-    # Training on the support = query set: adaptation must lower the loss below its start.
-    assert metrics["loss"] < metrics["support_loss"]
-    per_task = jax.jit(learner.evaluate)(params, episodes)
-    chex.assert_shape([per_task["accuracy"], per_task["loss"]], (4,))
-    # The pseudo-gradient equals θ − φ for a single task computed by hand.
-    one = jax.tree.map(lambda a: a[:1], episodes)
-    g1, _ = jax.jit(learner.meta_grad)(params, one)
-    step = jax.jit(jax.grad(lambda p, i, l: learner_loss(model, p, i, l)))
-    phi = params
-    for _ in range(2):
-        phi = jax.tree.map(
-            lambda p, g: p - 0.5 * g, phi, step(phi, one.support_inputs[0], labels[0])
+    """Shapes, and the pseudo-gradient against theta - phi by hand (exact claim: float64)."""
+    with float64():
+        model = Classifier(MLP((8,), activate_final=True), num_classes=3)
+        learner = make_learner("reptile", model, inner_lr=0.5, num_inner_steps=2)
+        x = jax.random.normal(jax.random.key(3), (4, 6, 5), jnp.float64)
+        labels = jnp.tile(jnp.arange(3).repeat(2), (4, 1))
+        episodes = Episode(x, labels, x, labels)
+        params = to_float64(learner.init(jax.random.key(4), x[0]))
+        grads, metrics = jax.jit(learner.meta_grad)(params, episodes)
+        chex.assert_trees_all_equal_shapes(grads, params)
+        assert {"loss", "accuracy", "support_loss"} <= set(metrics)
+        # Training on the support = query set: adaptation must lower the loss below its start.
+        assert metrics["loss"] < metrics["support_loss"]
+        per_task = jax.jit(learner.evaluate)(params, episodes)
+        chex.assert_shape([per_task["accuracy"], per_task["loss"]], (4,))
+        # The pseudo-gradient equals θ − φ for a single task computed by hand.
+        one = jax.tree.map(lambda a: a[:1], episodes)
+        g1, _ = jax.jit(learner.meta_grad)(params, one)
+        step = jax.jit(jax.grad(lambda p, i, l: learner_loss(model, p, i, l)))
+        phi = params
+        for _ in range(2):
+            phi = jax.tree.map(
+                lambda p, g: p - 0.5 * g, phi, step(phi, one.support_inputs[0], labels[0])
+            )
+        assert jax.tree.leaves(g1)[0].dtype == jnp.float64
+        chex.assert_trees_all_close(
+            g1, jax.tree.map(jnp.subtract, params, phi), rtol=1e-10, atol=1e-12
         )
-    chex.assert_trees_all_close(g1, jax.tree.map(jnp.subtract, params, phi), atol=1e-6)
 
 
 def learner_loss(model, params, inputs, labels):

@@ -11,6 +11,7 @@ import pytest
 from mmjax.data.episodes import Episode
 from mmjax.meta import maml, make_learner
 from mmjax.nn import Classifier, Conv4
+from tests.precision import float64, to_float64
 
 WAYS, SHOTS, QUERIES, TASKS = 3, 1, 2, 5
 BATCHINGS = ("vmap", "scan", 2, 5)  # 2 leaves a remainder of one task
@@ -58,16 +59,27 @@ def test_every_task_batching_equals_a_python_loop_over_tasks(first_order):
 
 
 def test_metrics_per_task_keep_the_task_axis_in_order():
-    model, params, episodes = _conv_setup()
-    per_task = functools.partial(
-        maml.task_loss, loss_fn=maml.classification_loss(model.apply), inner_lr=0.4, num_steps=1
-    )
-    reference = maml.metrics_per_task(per_task, params, episodes, "vmap")
-    chex.assert_shape(reference["loss"], (TASKS,))
-    for batching in BATCHINGS[1:]:
-        chex.assert_trees_all_close(
-            maml.metrics_per_task(per_task, params, episodes, batching), reference, rtol=1e-5
+    """Same metrics, in the same task order (an exactness claim: float64)."""
+    with float64():
+        model, params, episodes = _conv_setup()
+        params, episodes = to_float64((params, episodes))
+        per_task = functools.partial(
+            maml.task_loss,
+            loss_fn=maml.classification_loss(model.apply),
+            inner_lr=0.4,
+            num_steps=1,
         )
+        reference = maml.metrics_per_task(per_task, params, episodes, "vmap")
+        chex.assert_shape(reference["loss"], (TASKS,))
+        assert reference["loss"].dtype == jnp.float64
+        assert float(jnp.min(jnp.abs(jnp.diff(reference["loss"])))) > 1e-6  # order is visible
+        for batching in BATCHINGS[1:]:
+            chex.assert_trees_all_close(
+                maml.metrics_per_task(per_task, params, episodes, batching),
+                reference,
+                rtol=1e-10,
+                atol=1e-12,
+            )
 
 
 @pytest.mark.parametrize("name", ["maml", "anil", "metasgd", "protonet", "relationnet", "reptile"])
@@ -82,12 +94,15 @@ def test_learners_agree_across_task_batchings(name):
         "reptile": dict(inner_lr=0.1, num_inner_steps=2),
     }[name]
     results = {}
-    for batching in ("vmap", 2):  # a chunk of 2 and a remainder of 1: both scan paths
-        learner = make_learner(name, model, task_batching=batching, **settings)
-        params = learner.init(jax.random.key(1), episodes.support_inputs[0])
-        grads, metrics = jax.jit(learner.meta_grad)(params, episodes)
-        results[batching] = (grads, metrics, jax.jit(learner.evaluate)(params, episodes))
-    chex.assert_trees_all_close(results[2], results["vmap"], rtol=1e-4, atol=1e-5)
+    with float64():  # an exactness claim: compared in float64
+        episodes = to_float64(episodes)
+        for batching in ("vmap", 2):  # a chunk of 2 and a remainder of 1: both scan paths
+            learner = make_learner(name, model, task_batching=batching, **settings)
+            params = to_float64(learner.init(jax.random.key(1), episodes.support_inputs[0]))
+            grads, metrics = jax.jit(learner.meta_grad)(params, episodes)
+            results[batching] = (grads, metrics, jax.jit(learner.evaluate)(params, episodes))
+        assert jax.tree.leaves(results[2][0])[0].dtype == jnp.float64
+    chex.assert_trees_all_close(results[2], results["vmap"], rtol=1e-9, atol=1e-11)
     chex.assert_shape(results[2][2]["accuracy"], (TASKS,))
 
 

@@ -9,6 +9,13 @@ import numpy as np
 import pytest
 
 from mmjax.nn import conv
+from tests.precision import assert_within_sum_bound, float64, to_float64
+
+
+def _abs_terms(x, kernel, stride):
+    """Per output: the sum of |x| * |kernel| over its 3x3xC window, in float64."""
+    with float64():
+        return conv.conv2d_lax(to_float64(jnp.abs(x)), to_float64(jnp.abs(kernel)), stride=stride)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -17,11 +24,12 @@ def test_im2col_equals_lax_conv(stride, size):
     kx, kk = jax.random.split(jax.random.key(size * 10 + stride))
     x = jax.random.normal(kx, (3, size, size, 5))
     kernel = jax.random.normal(kk, (3, 3, 5, 7))
-    chex.assert_trees_all_close(
+    # Both are float32 sums of the same 45 products per output, in different orders.
+    assert_within_sum_bound(
         conv.conv2d_im2col(x, kernel, stride=stride),
         conv.conv2d_lax(x, kernel, stride=stride),
-        atol=1e-5,
-        rtol=1e-5,
+        _abs_terms(x, kernel, stride),
+        n=3 * 3 * 5,
     )
 
 
@@ -32,18 +40,23 @@ def test_im2col_equals_lax_conv_under_vmap_with_per_task_kernels():
     a = jax.vmap(lambda xi, ki: conv.conv2d_im2col(xi, ki, stride=2))(x, kernels)
     b = jax.vmap(lambda xi, ki: conv.conv2d_lax(xi, ki, stride=2))(x, kernels)
     chex.assert_shape(a, (4, 6, 7, 7, 8))
-    chex.assert_trees_all_close(a, b, atol=1e-5, rtol=1e-5)
+    abs_terms = jax.vmap(lambda xi, ki: _abs_terms(xi, ki, 2))(x, kernels)
+    assert_within_sum_bound(a, b, abs_terms, n=3 * 3 * 3)
 
 
 @pytest.mark.parametrize("pool, features", [("stride", 16), ("max", 8)])
 def test_conv4_shapes_and_formulations_agree(pool, features):
+    """The same function (an exactness claim, so compared in float64)."""
     x = jax.random.uniform(jax.random.key(1), (10, 28, 28, 1))
     model_a = conv.Conv4(features=features, pool=pool, conv_impl="im2col")
     model_b = conv.Conv4(features=features, pool=pool, conv_impl="lax")
     params = model_a.init(jax.random.key(2), x)
-    out = model_a.apply(params, x)
-    chex.assert_shape(out, (10, features))
-    chex.assert_trees_all_close(out, model_b.apply(params, x), atol=1e-5, rtol=1e-5)
+    chex.assert_shape(model_a.apply(params, x), (10, features))
+    with float64():
+        params64, x64 = to_float64(params), to_float64(x)
+        out = model_a.apply(params64, x64)
+        assert out.dtype == jnp.float64
+        chex.assert_trees_all_close(out, model_b.apply(params64, x64), atol=1e-12, rtol=1e-10)
     assert set(params["params"]) == {
         f"{n}_{i}" for n in ("Conv2D", "BatchStatNorm") for i in range(4)
     }
@@ -74,26 +87,27 @@ def test_auto_is_im2col_on_cpu():
 
 @pytest.mark.parametrize("conv_impl", conv.CONV_IMPLS)
 def test_every_impl_equals_lax_conv_in_value_and_gradient_under_vmap(conv_impl):
-    """Each formulation (and the one "auto" picks) matches lax.conv, forward and backward."""
-    kx, kk = jax.random.split(jax.random.key(4))
-    x = jax.random.normal(kx, (3, 5, 14, 14, 4))
-    kernels = jax.random.normal(kk, (3, 3, 3, 4, 6))
-    impl = conv.resolve_conv_impl(conv_impl)
-    fn = conv.conv2d_im2col if impl == "im2col" else conv.conv2d_lax
+    """Each formulation (and the one "auto" picks) matches lax.conv, forward and backward.
 
-    def loss(f, x, k):
-        return jnp.sum(jnp.sin(jax.vmap(lambda xi, ki: f(xi, ki, stride=2))(x, k)))
+    An exactness claim, so float64 (the float32 forward sums are bounded above).
+    """
+    with float64():
+        kx, kk = jax.random.split(jax.random.key(4))
+        x = jax.random.normal(kx, (3, 5, 14, 14, 4), jnp.float64)
+        kernels = jax.random.normal(kk, (3, 3, 3, 4, 6), jnp.float64)
+        impl = conv.resolve_conv_impl(conv_impl)
+        fn = conv.conv2d_im2col if impl == "im2col" else conv.conv2d_lax
 
-    value, grads = jax.value_and_grad(functools.partial(loss, fn), argnums=(0, 1))(x, kernels)
-    ref_value, ref_grads = jax.value_and_grad(
-        functools.partial(loss, conv.conv2d_lax), argnums=(0, 1)
-    )(x, kernels)
-    chex.assert_trees_all_close(value, ref_value, atol=1e-4, rtol=1e-5)
-    # float32 sums of ~250 products: the rounding error scales with the gradient's magnitude
-    # (up to ~20 here), so the bound is 1e-5 relative to the largest entry of each gradient.
-    for grad, ref in zip(grads, ref_grads):
-        scale = float(jnp.max(jnp.abs(ref)))
-        chex.assert_trees_all_close(grad, ref, atol=1e-5 * scale, rtol=0)
+        def loss(f, x, k):
+            return jnp.sum(jnp.sin(jax.vmap(lambda xi, ki: f(xi, ki, stride=2))(x, k)))
+
+        value, grads = jax.value_and_grad(functools.partial(loss, fn), argnums=(0, 1))(x, kernels)
+        ref_value, ref_grads = jax.value_and_grad(
+            functools.partial(loss, conv.conv2d_lax), argnums=(0, 1)
+        )(x, kernels)
+        assert grads[1].dtype == jnp.float64
+        chex.assert_trees_all_close(value, ref_value, atol=1e-10, rtol=1e-12)
+        chex.assert_trees_all_close(grads, ref_grads, atol=1e-10, rtol=1e-10)
 
 
 def _reference_batch_norm(x, scale, bias, epsilon=1e-3, relu=False):
@@ -177,14 +191,18 @@ def test_conv4_skips_the_bias_that_batch_norm_cancels():
 
 
 def test_conv2d_add_bias():
-    x = jax.random.normal(jax.random.key(8), (2, 5, 5, 3))
-    with_bias = conv.Conv2D(4, conv_impl="im2col")
-    params = with_bias.init(jax.random.key(9), x)
-    params = {"params": dict(params["params"], bias=jnp.arange(4.0))}
-    without = conv.Conv2D(4, conv_impl="im2col", add_bias=False)
-    chex.assert_trees_all_close(
-        with_bias.apply(params, x), without.apply(params, x) + jnp.arange(4.0), atol=1e-6
-    )
+    with float64():
+        x = jax.random.normal(jax.random.key(8), (2, 5, 5, 3), jnp.float64)
+        with_bias = conv.Conv2D(4, conv_impl="im2col")
+        params = to_float64(with_bias.init(jax.random.key(9), x))
+        params = {"params": dict(params["params"], bias=jnp.arange(4.0))}
+        without = conv.Conv2D(4, conv_impl="im2col", add_bias=False)
+        chex.assert_trees_all_close(
+            with_bias.apply(params, x),
+            without.apply(params, x) + jnp.arange(4.0),
+            atol=1e-12,
+            rtol=1e-12,
+        )
 
 
 @pytest.mark.parametrize("depth", [9, 72])  # both backward forms (plain and barrier)

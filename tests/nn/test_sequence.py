@@ -9,6 +9,7 @@ from absl.testing import parameterized
 
 from mmjax.nn import sequence
 from mmjax.nn.sequence import StrokeEncoder
+from tests.precision import assert_within_sum_bound, float64, to_float64
 
 KINDS = ("conv", "gru", "transformer")
 BATCH, LENGTH, FEATURES = 3, 16, 8
@@ -50,9 +51,14 @@ class StrokeEncoderTest(chex.TestCase):
         np.testing.assert_array_equal(
             apply(params, jnp.where(valid, x, 1e3 * strokes(5)), lengths), out
         )
-        # Sample 1 encodes like its 5 valid steps alone.
-        alone = apply(params, x[1:2, :5])
-        np.testing.assert_allclose(out[1], alone[0], rtol=1e-5, atol=1e-5)
+        # Sample 1 encodes like its 5 valid steps alone: the same function of those steps,
+        # so compared in float64 (batch 3 and batch 1 may sum in different orders in float32).
+        with float64():
+            params64, x64 = to_float64(params), to_float64(x)
+            out64 = module.apply(params64, x64, lengths)
+            alone = module.apply(params64, x64[1:2, :5])
+            assert alone.dtype == jnp.float64
+            np.testing.assert_allclose(out64[1], alone[0], rtol=1e-10, atol=1e-12)
         if kind == "transformer":
             return  # Same input masking as the others; its gradient costs 2-3 s to compile on CPU.
         grad = jax.grad(lambda x: jnp.sum(apply(params, x, lengths)))(padded)
@@ -67,25 +73,37 @@ def test_conv1d_im2col_equals_lax(stride, length):
     kernel = jnp.asarray(rng.normal(size=(5, 3, 4)), jnp.float32)
     out = sequence.conv1d_im2col(x, kernel, stride=stride)
     chex.assert_shape(out, (2, sequence.conv1d_output_length(length, 5, stride), 4))
-    np.testing.assert_allclose(out, sequence.conv1d_lax(x, kernel, stride=stride), atol=1e-5)
+    # Both are float32 sums of the same 5 x 3 products per output, in different orders.
+    with float64():
+        abs_terms = sequence.conv1d_lax(
+            to_float64(jnp.abs(x)), to_float64(jnp.abs(kernel)), stride=stride
+        )
+    assert_within_sum_bound(out, sequence.conv1d_lax(x, kernel, stride=stride), abs_terms, n=5 * 3)
 
 
 def test_conv_encoder_formulations_agree_under_vmap_over_tasks():
-    """As in MAML: per-task weights under ``vmap``; im2col and lax agree within 1e-5."""
+    """As in MAML: per-task weights under ``vmap``; im2col, lax and a loop are one function.
+
+    An exactness claim, so float64.
+    """
     tasks = 3
-    x = jnp.stack([strokes(t) for t in range(tasks)])
-    modules = {impl: StrokeEncoder(FEATURES, "conv", conv_impl=impl) for impl in ("im2col", "lax")}
-    params = random_params(modules["lax"], x[0])
-    task_params = jax.tree.map(
-        lambda p: jnp.stack([p * (1 + 0.1 * t) for t in range(tasks)]), params
-    )
-    outs = {impl: jax.jit(jax.vmap(m.apply))(task_params, x) for impl, m in modules.items()}
-    np.testing.assert_allclose(outs["im2col"], outs["lax"], atol=1e-5)
-    loop = [
-        modules["im2col"].apply(jax.tree.map(lambda p: p[t], task_params), x[t])
-        for t in range(tasks)
-    ]
-    np.testing.assert_allclose(outs["im2col"], np.stack(loop), atol=1e-5)
+    with float64():
+        x = to_float64(jnp.stack([strokes(t) for t in range(tasks)]))
+        modules = {
+            impl: StrokeEncoder(FEATURES, "conv", conv_impl=impl) for impl in ("im2col", "lax")
+        }
+        params = to_float64(random_params(modules["lax"], x[0]))
+        task_params = jax.tree.map(
+            lambda p: jnp.stack([p * (1 + 0.1 * t) for t in range(tasks)]), params
+        )
+        outs = {impl: jax.jit(jax.vmap(m.apply))(task_params, x) for impl, m in modules.items()}
+        assert outs["im2col"].dtype == jnp.float64
+        np.testing.assert_allclose(outs["im2col"], outs["lax"], rtol=1e-10, atol=1e-12)
+        loop = [
+            modules["im2col"].apply(jax.tree.map(lambda p, t=t: p[t], task_params), x[t])
+            for t in range(tasks)
+        ]
+        np.testing.assert_allclose(outs["im2col"], np.stack(loop), rtol=1e-10, atol=1e-12)
 
 
 def test_unknown_conv_impl():
