@@ -85,11 +85,11 @@ class Checkpointer:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         step_dir = os.path.join(self.directory, str(step))
         if not os.path.isdir(step_dir) or not os.listdir(step_dir):
-            raise CheckpointError(f"step {step}: the directory {step_dir} is empty")
+            raise CheckpointError(f"step {step}: its directory is empty ({step_dir})")
         if not os.path.isdir(os.path.join(step_dir, "default")):
             raise CheckpointError(
-                f"step {step}: {step_dir} has no 'default' item "
-                f"(it holds {', '.join(sorted(os.listdir(step_dir)))})"
+                f"step {step}: its directory has no 'default' item, only "
+                f"{', '.join(sorted(os.listdir(step_dir)))} ({step_dir})"
             )
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
@@ -180,8 +180,8 @@ def _first_bad_json(step_dir: str) -> str | None:
 
 def describe_restore_error(error: BaseException, step_dir: str) -> str:
     """One line saying why ``step_dir`` did not restore, naming the file when known."""
-    if isinstance(error, CheckpointError):
-        return str(error).split(": ", 1)[-1]
+    if isinstance(error, CheckpointError):  # 'step N: <reason> (<step_dir>)'
+        return str(error).split(": ", 1)[-1].rsplit(" (", 1)[0]
     text = str(error).split(" [tensorstore_spec", 1)[0].strip()
     text = text.splitlines()[0] if text else type(error).__name__
     files = [f for f in re.findall(r'local file "([^"]+)"', text) if not f.endswith("/")]

@@ -235,8 +235,8 @@ def test_truncated_data_file_falls_back_and_the_writer_sets_it_aside(tmp_path, c
         ("metadata", "file default/_METADATA is not valid JSON (truncated?): "),
         ("array_metadata", "file default/array_metadatas/process_0 is not valid JSON"),
         ("manifest", "file default/manifest.ocdbt: Length in header (113) does not match"),
-        ("empty", "the directory {directory}/3 is empty"),
-        ("no_default", "{directory}/3 has no 'default' item (it holds _CHECKPOINT_METADATA, "),
+        ("empty", "its directory is empty"),
+        ("no_default", "its directory has no 'default' item, only _CHECKPOINT_METADATA, "),
     ],
 )
 def test_each_kind_of_damage_is_named_in_one_line(tmp_path, caplog, damage, reason):
@@ -273,10 +273,9 @@ def test_no_checkpoint_restores_is_one_error_and_nothing_moves(tmp_path):
         checkpointer.restore_newest(_state(0.0), set_aside=True)
     checkpointer.close()
     assert str(error.value) == (
-        f"no checkpoint in {directory} restores (step 2: {directory}/2 has no 'default' item "
-        f"(it holds _CHECKPOINT_METADATA, commit_success.txt); step 1: {directory}/1 has no "
-        "'default' item (it holds _CHECKPOINT_METADATA, commit_success.txt)); fix or remove "
-        "them, or start a new run in another --workdir"
+        f"no checkpoint in {directory} restores (step 2, 1: its directory has no 'default' "
+        "item, only _CHECKPOINT_METADATA, commit_success.txt); fix or remove them, or start a "
+        "new run in another --workdir"
     )
     assert sorted(os.listdir(directory)) == ["1", "2"]
     assert not os.path.exists(tmp_path / "corrupt_checkpoints")
