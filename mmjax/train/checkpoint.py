@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 # Orbax writes step ``n`` into ``n<TEMPORARY_SUFFIX>`` and renames it to ``n`` when complete.
 TEMPORARY_SUFFIX = ocp.path.atomicity.TMP_DIR_SUFFIX
@@ -91,6 +92,7 @@ class Checkpointer:
                 f"step {step}: its directory has no 'default' item, only "
                 f"{', '.join(sorted(os.listdir(step_dir)))} ({step_dir})"
             )
+        _check_shapes(step, os.path.join(step_dir, "default"), target)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
@@ -139,10 +141,13 @@ class Checkpointer:
         for step, reason in failed:
             by_reason.setdefault(reason, []).append(str(step))
         listing = "; ".join(f"step {', '.join(s)}: {r}" for r, s in by_reason.items())
-        raise CheckpointError(
-            f"no checkpoint in {self.directory} restores ({listing}); fix or remove them, "
-            "or start a new run in another --workdir"
-        )
+        hint = "fix or remove them, or start a new run in another --workdir"
+        if all(reason.startswith(_OTHER_MODEL) for reason in by_reason):
+            hint = (
+                "the config changes the shapes of the trained state, which a resumed run "
+                "cannot do: start a new run in another --workdir"
+            )
+        raise CheckpointError(f"no checkpoint in {self.directory} restores ({listing}); {hint}")
 
     def _set_aside(self, step: int) -> str:
         """Renames step ``step`` to ``<workdir>/corrupt_checkpoints/<step>[.n]``; returns it."""
@@ -158,6 +163,43 @@ class Checkpointer:
     def close(self) -> None:
         """Waits for pending saves and releases the checkpoint manager."""
         self._manager.close()
+
+
+_MISMATCH = ("is not compatible with the stored shape", "tree structures do not match")
+_OTHER_MODEL = "it holds the state of another model or optimizer"
+
+
+def _path_name(path) -> str:
+    names = (getattr(k, "name", getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    return ".".join(str(n) for n in names)
+
+
+def _shapes(tree: Any) -> dict[str, tuple]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {_path_name(path): tuple(getattr(leaf, "shape", ())) for path, leaf in leaves}
+
+
+def _check_shapes(step: int, item_dir: str, target: Any) -> None:
+    """Raises `CheckpointError` when the stored arrays' names or shapes differ from ``target``.
+
+    Reads only the checkpoint's metadata; unreadable metadata is left to the restore.
+    """
+    try:
+        stored = ocp.StandardCheckpointHandler().metadata(epath.Path(item_dir)).tree
+    except Exception:  # noqa: BLE001 - a damaged checkpoint: the restore reports it
+        return
+    have, want = _shapes(stored), _shapes(target)
+    if have == want:
+        return
+    differ = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+    key = differ[0]
+    if key not in have:
+        first = f"{key} is not in the checkpoint"
+    elif key not in want:
+        first = f"{key} is not in this config's state"
+    else:
+        first = f"{key} has shape {want[key]} here, {have[key]} in the checkpoint"
+    raise CheckpointError(f"step {step}: {_OTHER_MODEL}: {len(differ)} array(s) differ, {first}")
 
 
 _JSON_FILES = ("_CHECKPOINT_METADATA", "_METADATA", "_sharding")
@@ -180,8 +222,8 @@ def _first_bad_json(step_dir: str) -> str | None:
 
 def describe_restore_error(error: BaseException, step_dir: str) -> str:
     """One line saying why ``step_dir`` did not restore, naming the file when known."""
-    if isinstance(error, CheckpointError):  # 'step N: <reason> (<step_dir>)'
-        return str(error).split(": ", 1)[-1].rsplit(" (", 1)[0]
+    if isinstance(error, CheckpointError):  # 'step N: <reason>[ (<step_dir>)]'
+        return str(error).split(": ", 1)[-1].removesuffix(f" ({step_dir})")
     text = str(error).split(" [tensorstore_spec", 1)[0].strip()
     text = text.splitlines()[0] if text else type(error).__name__
     files = [f for f in re.findall(r'local file "([^"]+)"', text) if not f.endswith("/")]
@@ -190,6 +232,8 @@ def describe_restore_error(error: BaseException, step_dir: str) -> str:
         reason = text.rsplit(": ", 1)[-1]
         name = os.path.relpath(files[-1], step_dir) if files[-1].startswith(step_dir) else files[-1]
         return f"file {name}: {reason} ({code})"
+    if any(marker in text for marker in _MISMATCH):
+        return f"{_OTHER_MODEL} ({text.split('. ', 1)[0].rstrip(':.')})"
     if isinstance(error, json.JSONDecodeError):
         bad = _first_bad_json(step_dir)
         where = f"file {bad}" if bad else "a metadata file"

@@ -119,6 +119,19 @@ def test_override_that_cannot_build_writes_nothing(run, capsys):
     assert _snapshot(run) == before  # the old run's config.json is intact
 
 
+def test_override_of_the_model_shapes_is_refused_and_moves_nothing(run, capsys):
+    before = _snapshot(run)
+    assert _train(run, "model.features=8", flags=["--override"]) == 2
+    assert _err_line(capsys) == (
+        f"mmjax train: error: no checkpoint in {run}/checkpoints restores (step 3, 2, 1: it "
+        "holds the state of another model or optimizer: 51 array(s) differ, "
+        "opt_state.0.mu.params.encoder.BatchStatNorm_0.bias has shape (8,) here, (4,) in the "
+        "checkpoint); the config changes the shapes of the trained state, which a resumed run "
+        "cannot do: start a new run in another --workdir"
+    )
+    assert _snapshot(run) == before
+
+
 def test_extending_num_steps_needs_no_override_and_shortening_is_refused(run, capsys):
     assert _train(run, "num_steps=4", "log_every=2") == 0
     assert (
