@@ -250,12 +250,15 @@ def train(
     is written before the config is checked and the checkpoint restored.
     """
     validate_config(config)
-    with workdirs.acquire_lock(workdir):
-        return _train_locked(config, os.fspath(workdir), progress=progress, override=override)
+    writer = jax.process_index() == 0  # multi-host: process 0 locks, sets aside and records
+    with workdirs.acquire_lock(workdir, writer=writer):
+        return _train_locked(
+            config, os.fspath(workdir), progress=progress, override=override, writer=writer
+        )
 
 
 def _train_locked(
-    config: ml_collections.ConfigDict, workdir: str, *, progress: bool, override: bool
+    config: ml_collections.ConfigDict, workdir: str, *, progress: bool, override: bool, writer: bool
 ) -> dict:
     changes = workdirs.check_identity(workdir, config, override=override)
     splits, learner, optimizer, state = build_run(config)
@@ -266,13 +269,13 @@ def _train_locked(
         print(f"Removed the unfinished checkpoint save {name} (the run was killed during it)")
     if checkpointer.latest_step() is not None:
         try:
-            state, _ = checkpointer.restore_newest(state, set_aside=True)
+            state, _ = checkpointer.restore_newest(state, set_aside=writer)
             workdirs.check_num_steps(config, int(state.step), workdir)
         except BaseException:
             checkpointer.close()
             raise
         print(f"Resumed from {checkpointer.directory} at step {int(state.step)}")
-    workdirs.record_config(workdir, config, changes, step=int(state.step))
+    workdirs.record_config(workdir, config, changes, step=int(state.step), writer=writer)
     step_fn = make_train_step(config, learner, optimizer)
     evaluate = functools.partial(
         evaluate_learner,
