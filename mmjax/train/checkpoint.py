@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 from typing import Any
 
 import jax
@@ -128,11 +129,15 @@ class Checkpointer:
             for bad, _ in failed:
                 if set_aside:
                     moved = self._set_aside(bad)
-                    print(f"Moved the checkpoint step {bad} that does not restore to {moved}")
+                    print(
+                        f"Moved the checkpoint step {bad} that does not restore to {moved}",
+                        file=sys.stderr,
+                    )
                 else:
                     print(
                         f"Checkpoint step {bad} does not restore; using step {step} "
-                        "(files left in place: mmjax train in this workdir moves them aside)"
+                        "(files left in place: mmjax train in this workdir moves them aside)",
+                        file=sys.stderr,
                     )
             if failed and set_aside:
                 self._manager.reload()

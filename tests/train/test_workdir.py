@@ -167,21 +167,21 @@ def test_truncated_latest_checkpoint_falls_back_in_evaluate_and_train(run, capsy
         f"range [0, {size}) is not valid for value of size {size // 2} (OUT_OF_RANGE)"
     )
     assert main(["evaluate", "--checkpoint", str(run), "--episodes", "2"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert warning in caplog.messages
     assert (
         "Checkpoint step 3 does not restore; using step 2 (files left in place: mmjax train "
         "in this workdir moves them aside)"
-    ) in out
-    assert json.loads(out[out.index("{") :])["step"] == 2
+    ) in err
+    assert json.loads(out)["step"] == 2  # stdout stays the JSON result
     assert sorted(os.listdir(run / "checkpoints")) == ["1", "2", "3"]  # a reader moves nothing
 
     caplog.clear()
     assert _train(run) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert warning in caplog.messages
     assert (
-        f"Moved the checkpoint step 3 that does not restore to {run}/corrupt_checkpoints/3" in out
+        f"Moved the checkpoint step 3 that does not restore to {run}/corrupt_checkpoints/3" in err
     )
     assert f"Resumed from {run}/checkpoints at step 2" in out
     assert sorted(os.listdir(run / "checkpoints")) == ["1", "2", "3"]  # step 3 trained again
