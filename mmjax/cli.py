@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     train.add_argument(
+        "--override",
+        action="store_true",
+        help="resume a run with a changed config (recorded in <workdir>/config_history.jsonl)",
+    )
+    train.add_argument(
         "--distributed",
         action="store_true",
         help="call jax.distributed.initialize() (multi-host runs)",
@@ -91,7 +96,7 @@ def _train(args) -> int:
     name = os.path.splitext(os.path.basename(args.config))[0]
     workdir = args.workdir or os.path.join("workdir", name)
     print(f"mmjax train: config {args.config!r}, workdir {workdir}")
-    results = train(config, workdir, progress=not args.no_progress)
+    results = train(config, workdir, progress=not args.no_progress, override=args.override)
     print(json.dumps(results, indent=2))
     return 0
 

@@ -8,7 +8,7 @@ import importlib
 import importlib.util
 import os
 import pkgutil
-from typing import Sequence
+from collections.abc import Sequence
 
 import ml_collections
 
@@ -24,12 +24,21 @@ def get_config(name: str) -> ml_collections.ConfigDict:
     A ``.py`` config may only use keys that some shipped config has, so a misspelt key is an
     error naming the closest valid key instead of a setting silently ignored.
     """
-    if name.endswith(".py") and os.path.exists(name):
+    if name.endswith(".py"):
+        if not os.path.isfile(name):
+            raise FileNotFoundError(f"config file {name!r} not found")
         spec = importlib.util.spec_from_file_location("mmjax_user_config", name)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
+        if not callable(getattr(module, "get_config", None)):
+            raise ValueError(f"{name}: defines no get_config() returning a ConfigDict")
         config = module.get_config()
+        if not isinstance(config, ml_collections.ConfigDict):
+            raise TypeError(
+                f"{name}: get_config() returned {type(config).__name__}, not a ConfigDict"
+            )
         _check_known_keys(config, source=name)
+        _check_required_keys(config, source=name)
         return config
     names = available_configs()
     if name not in names:
@@ -48,6 +57,32 @@ def _check_known_keys(config: ml_collections.ConfigDict, *, source: str) -> None
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"{source}: unknown config key {key!r}{hint}")
+
+
+# Keys of every shipped classification config that the trainer reads with a default (or only
+# for another data source or encoder): a ``.py`` config may leave them out.
+_OPTIONAL_KEYS = frozenset(
+    {"data.background", "data.evaluation", "data.tfds_split", "data.tfds_examples_per_class"}
+    | {"model.hidden_sizes"}
+)
+
+
+def _check_required_keys(config: ml_collections.ConfigDict, *, source: str) -> None:
+    """Raises ``ValueError`` naming a key that every shipped classification config has.
+
+    Regression configs (``num_modes``) are not checked: another trainer reads them.
+    """
+    if "num_modes" in config:
+        return
+    shipped = [set(_flat_keys(get_config(n))) for n in available_configs()]
+    required = set.intersection(*[keys for keys in shipped if "ways" in keys]) - _OPTIONAL_KEYS
+    missing = sorted(required - set(_flat_keys(config)))
+    if missing:
+        more = f" (and {', '.join(map(repr, missing[1:]))})" if missing[1:] else ""
+        raise ValueError(
+            f"{source}: required config key {missing[0]!r} is missing{more}; start from a "
+            "shipped config, e.g. mmjax.configs.omniglot_maml_5w1s.get_config()"
+        )
 
 
 def _parse_value(text: str):

@@ -84,15 +84,16 @@ def resolve_data_dir(
     )
 
 
-def cache_dir(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
-    """Returns (and creates) the cache folder.
+def cache_dir(cache_dir: str | os.PathLike | None = None, *, create: bool = True) -> pathlib.Path:
+    """Returns (and, with ``create``, creates) the cache folder.
 
     Precedence: the argument, then ``MMJAX_CACHE_DIR``, then ``~/.cache/mmjax``.
     """
     if cache_dir is None:
         cache_dir = os.environ.get(CACHE_DIR_ENV) or pathlib.Path.home() / ".cache" / "mmjax"
     path = pathlib.Path(cache_dir).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -213,7 +214,7 @@ def cache_file(
     name = "-".join(str(p) for p in parts)
     if not re.fullmatch(r"[A-Za-z0-9_.=\-()]+", name):
         raise ValueError(f"cache file name {name!r} has characters unsafe in a file name")
-    return cache_dir(directory) / f"{name}.npz"
+    return cache_dir(directory, create=False) / f"{name}.npz"
 
 
 def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
@@ -230,6 +231,28 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
         raise
+
+
+def save_cache_npz(path: str | os.PathLike, **arrays: np.ndarray) -> bool:
+    """`atomic_save_npz` for a cache: a folder that cannot be written is a warning, not an error.
+
+    Returns:
+      Whether the file was written; when not, the warning names the folder and
+      ``MMJAX_CACHE_DIR`` / ``data.cache_dir``, and the caller goes on with its arrays.
+    """
+    try:
+        atomic_save_npz(path, **arrays)
+    except OSError as error:
+        _LOG.warning(
+            "Cannot write the cache file %s (%s: %s); going on without the cache. Set %s "
+            "(or data.cache_dir) to a writable folder to keep the decoded arrays.",
+            path,
+            error.strerror or type(error).__name__,
+            error.filename or pathlib.Path(path).parent,
+            CACHE_DIR_ENV,
+        )
+        return False
+    return True
 
 
 def load_npz(path: str | os.PathLike, keys: tuple[str, ...] = ()) -> dict[str, np.ndarray] | None:

@@ -244,7 +244,7 @@ def load_omniglot_subset(
         return _from_uint8(stored["images"], stored["class_names"], stored["drawing_ids"])
     _LOG.info("Decoding %s at %dx%d into %s", path, image_size, image_size, cache)
     images, class_names, drawing_ids = _read_image_archive_uint8(path, image_size)
-    archives.atomic_save_npz(
+    archives.save_cache_npz(
         cache, images=images, class_names=np.array(class_names, dtype=str), drawing_ids=drawing_ids
     )
     return _from_uint8(images, class_names, drawing_ids)

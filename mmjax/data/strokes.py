@@ -348,7 +348,7 @@ def load_omniglot_strokes(
         class_names, drawing_ids, sequences, mask, problems = _read_strokes(
             image_path, stroke_path, length, mode
         )
-        archives.atomic_save_npz(
+        archives.save_cache_npz(
             cache,
             sequences=sequences,
             mask=mask,

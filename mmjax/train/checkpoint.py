@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
 import shutil
+import sys
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 # Orbax writes step ``n`` into ``n<TEMPORARY_SUFFIX>`` and renames it to ``n`` when complete.
 TEMPORARY_SUFFIX = ocp.path.atomicity.TMP_DIR_SUFFIX
+# Checkpoints that fail to restore are moved to ``<workdir>/<CORRUPT_DIR>/<step>``: outside
+# ``checkpoints/``, so orbax neither lists them as steps nor deletes them.
+CORRUPT_DIR = "corrupt_checkpoints"
+
+_LOG = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint step that cannot be restored (empty, truncated, or of another model)."""
 
 
 class Checkpointer:
@@ -71,9 +85,162 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        step_dir = os.path.join(self.directory, str(step))
+        if not os.path.isdir(step_dir) or not os.listdir(step_dir):
+            raise CheckpointError(f"step {step}: its directory is empty ({step_dir})")
+        if not os.path.isdir(os.path.join(step_dir, "default")):
+            raise CheckpointError(
+                f"step {step}: its directory has no 'default' item, only "
+                f"{', '.join(sorted(os.listdir(step_dir)))} ({step_dir})"
+            )
+        _check_shapes(step, os.path.join(step_dir, "default"), target)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+    def restore_newest(self, target: Any, *, set_aside: bool = False) -> tuple[Any, int]:
+        """Restores the newest checkpoint that restores, trying older steps after a failure.
+
+        Each step that fails is reported (a warning: step, file when known, reason). Only
+        once an older step has restored, and only with ``set_aside`` (the trainer, holding
+        the workdir's lock), are the failed steps moved to ``<workdir>/corrupt_checkpoints``
+        (renamed, not deleted); a reader (``mmjax evaluate``) leaves every file in place.
+
+        Returns:
+          ``(state, step)``.
+
+        Raises:
+          FileNotFoundError: there is no checkpoint.
+          CheckpointError: none restores (each step's reason listed; nothing is moved).
+        """
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        failed: list[tuple[int, str]] = []
+        for step in steps:
+            try:
+                state = self.restore(target, step)
+            except Exception as error:  # noqa: BLE001 - any unreadable step: try an older one
+                reason = describe_restore_error(error, os.path.join(self.directory, str(step)))
+                failed.append((step, reason))
+                _LOG.warning(
+                    "Checkpoint step %d in %s does not restore: %s", step, self.directory, reason
+                )
+                continue
+            for bad, _ in failed:
+                if set_aside:
+                    moved = self._set_aside(bad)
+                    print(
+                        f"Moved the checkpoint step {bad} that does not restore to {moved}",
+                        file=sys.stderr,
+                    )
+                else:
+                    print(
+                        f"Checkpoint step {bad} does not restore; using step {step} "
+                        "(files left in place: mmjax train in this workdir moves them aside)",
+                        file=sys.stderr,
+                    )
+            if failed and set_aside:
+                self._manager.reload()
+            return state, step
+        by_reason: dict[str, list[str]] = {}
+        for step, reason in failed:
+            by_reason.setdefault(reason, []).append(str(step))
+        listing = "; ".join(f"step {', '.join(s)}: {r}" for r, s in by_reason.items())
+        hint = "fix or remove them, or start a new run in another --workdir"
+        if all(reason.startswith(_OTHER_MODEL) for reason in by_reason):
+            hint = (
+                "the config changes the shapes of the trained state, which a resumed run "
+                "cannot do: start a new run in another --workdir"
+            )
+        raise CheckpointError(f"no checkpoint in {self.directory} restores ({listing}); {hint}")
+
+    def _set_aside(self, step: int) -> str:
+        """Renames step ``step`` to ``<workdir>/corrupt_checkpoints/<step>[.n]``; returns it."""
+        parent = os.path.join(os.path.dirname(self.directory), CORRUPT_DIR)
+        os.makedirs(parent, exist_ok=True)
+        target, n = os.path.join(parent, str(step)), 0
+        while os.path.exists(target):
+            n += 1
+            target = os.path.join(parent, f"{step}.{n}")
+        os.rename(os.path.join(self.directory, str(step)), target)
+        return target
 
     def close(self) -> None:
         """Waits for pending saves and releases the checkpoint manager."""
         self._manager.close()
+
+
+_MISMATCH = ("is not compatible with the stored shape", "tree structures do not match")
+_OTHER_MODEL = "it holds the state of another model or optimizer"
+
+
+def _path_name(path) -> str:
+    names = (getattr(k, "name", getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    return ".".join(str(n) for n in names)
+
+
+def _shapes(tree: Any) -> dict[str, tuple]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {_path_name(path): tuple(getattr(leaf, "shape", ())) for path, leaf in leaves}
+
+
+def _check_shapes(step: int, item_dir: str, target: Any) -> None:
+    """Raises `CheckpointError` when the stored arrays' names or shapes differ from ``target``.
+
+    Reads only the checkpoint's metadata; unreadable metadata is left to the restore.
+    """
+    try:
+        stored = ocp.StandardCheckpointHandler().metadata(epath.Path(item_dir)).tree
+    except Exception:  # noqa: BLE001 - a damaged checkpoint: the restore reports it
+        return
+    have, want = _shapes(stored), _shapes(target)
+    if have == want:
+        return
+    differ = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+    key = differ[0]
+    if key not in have:
+        first = f"{key} is not in the checkpoint"
+    elif key not in want:
+        first = f"{key} is not in this config's state"
+    else:
+        first = f"{key} has shape {want[key]} here, {have[key]} in the checkpoint"
+    raise CheckpointError(f"step {step}: {_OTHER_MODEL}: {len(differ)} array(s) differ, {first}")
+
+
+_JSON_FILES = ("_CHECKPOINT_METADATA", "_METADATA", "_sharding")
+
+
+def _first_bad_json(step_dir: str) -> str | None:
+    """The first of a step's JSON files (metadata) that does not parse, relative to the step."""
+    for root, dirs, files in os.walk(step_dir):
+        dirs[:] = sorted(d for d in dirs if d != "d" and not d.startswith("ocdbt"))
+        for name in sorted(files):
+            if name in _JSON_FILES or os.path.basename(root) == "array_metadatas":
+                path = os.path.join(root, name)
+                try:
+                    with open(path) as f:
+                        json.load(f)
+                except (OSError, ValueError):
+                    return os.path.relpath(path, step_dir)
+    return None
+
+
+def describe_restore_error(error: BaseException, step_dir: str) -> str:
+    """One line saying why ``step_dir`` did not restore, naming the file when known."""
+    if isinstance(error, CheckpointError):  # 'step N: <reason>[ (<step_dir>)]'
+        return str(error).split(": ", 1)[-1].removesuffix(f" ({step_dir})")
+    text = str(error).split(" [tensorstore_spec", 1)[0].strip()
+    text = text.splitlines()[0] if text else type(error).__name__
+    files = [f for f in re.findall(r'local file "([^"]+)"', text) if not f.endswith("/")]
+    if files:  # tensorstore: 'CODE: Error opening ...: ...: <reason>'
+        code = text.split(":", 1)[0]
+        reason = text.rsplit(": ", 1)[-1]
+        name = os.path.relpath(files[-1], step_dir) if files[-1].startswith(step_dir) else files[-1]
+        return f"file {name}: {reason} ({code})"
+    if any(marker in text for marker in _MISMATCH):
+        return f"{_OTHER_MODEL} ({text.split('. ', 1)[0].rstrip(':.')})"
+    if isinstance(error, json.JSONDecodeError):
+        bad = _first_bad_json(step_dir)
+        where = f"file {bad}" if bad else "a metadata file"
+        return f"{where} is not valid JSON (truncated?): {text}"
+    return f"{type(error).__name__}: {text[:300]}"

@@ -30,6 +30,7 @@ from mmjax.data.episodes import classes_and_examples, sample_episodes, validate_
 from mmjax.meta.learner import MetaLearner
 from mmjax.meta.parallel import TASK_AXIS, task_mesh
 from mmjax.train import builders
+from mmjax.train import workdir as workdirs
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.evaluate import evaluate_learner
 from mmjax.train.logging import MetricsWriter, plot_learning_curve
@@ -230,7 +231,11 @@ def _scalars(metrics: dict) -> dict:
 
 
 def train(
-    config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, progress: bool = True
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    *,
+    progress: bool = True,
+    override: bool = False,
 ) -> dict:
     """Meta-trains ``config.algorithm`` as configured, resuming from ``workdir`` if it holds a checkpoint.
 
@@ -238,12 +243,24 @@ def train(
     ``tensorboard/``, ``results.json`` (final test accuracy ± 95% CI) and
     ``learning_curve.png``. Returns the results dict (``{"interrupted": signal}`` when stopped
     by SIGTERM/SIGINT after a final checkpoint).
+
+    The workdir is locked (``train.lock``) while training. Resuming with a config that
+    differs from ``config.json`` is refused unless ``override`` (`mmjax.train.workdir` has the
+    rule); a checkpoint that does not restore is moved aside for the previous one. Nothing
+    is written before the config is checked and the checkpoint restored.
     """
     validate_config(config)
-    workdir = os.fspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    _write_atomically(os.path.join(workdir, "config.json"), config.to_json(indent=2))
+    writer = jax.process_index() == 0  # multi-host: process 0 locks, sets aside and records
+    with workdirs.acquire_lock(workdir, writer=writer):
+        return _train_locked(
+            config, os.fspath(workdir), progress=progress, override=override, writer=writer
+        )
 
+
+def _train_locked(
+    config: ml_collections.ConfigDict, workdir: str, *, progress: bool, override: bool, writer: bool
+) -> dict:
+    changes = workdirs.check_identity(workdir, config, override=override)
     splits, learner, optimizer, state = build_run(config)
     checkpointer = Checkpointer(
         workdir, max_to_keep=config.keep_checkpoints, clean_up_temporary=True
@@ -251,8 +268,14 @@ def train(
     for name in checkpointer.removed_temporary:
         print(f"Removed the unfinished checkpoint save {name} (the run was killed during it)")
     if checkpointer.latest_step() is not None:
-        state = checkpointer.restore(state)
+        try:
+            state, _ = checkpointer.restore_newest(state, set_aside=writer)
+            workdirs.check_num_steps(config, int(state.step), workdir)
+        except BaseException:
+            checkpointer.close()
+            raise
         print(f"Resumed from {checkpointer.directory} at step {int(state.step)}")
+    workdirs.record_config(workdir, config, changes, step=int(state.step), writer=writer)
     step_fn = make_train_step(config, learner, optimizer)
     evaluate = functools.partial(
         evaluate_learner,

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
-import ml_collections
 
 from mmjax import configs
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.evaluate import evaluate_learner
 from mmjax.train.loop import build_run
+from mmjax.train.workdir import read_config
 
 
 def load_run(workdir: str | os.PathLike, overrides: Sequence[str] = ()):
-    """Restores a run from ``workdir``'s ``config.json`` and latest checkpoint.
+    """Restores a run from ``workdir``'s ``config.json`` and newest checkpoint that restores.
+
+    A checkpoint that fails to restore is reported and the previous one is used; being a
+    reader (a trainer may be running), it moves no file.
 
     Returns:
       ``(config, splits, learner, state)``.
@@ -24,13 +26,11 @@ def load_run(workdir: str | os.PathLike, overrides: Sequence[str] = ()):
     path = os.path.join(os.fspath(workdir), "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"--checkpoint {workdir!s} is not an mmjax workdir: no config.json")
-    with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    config = configs.apply_overrides(config, overrides)
+    config = configs.apply_overrides(read_config(path), overrides)
     splits, learner, _, state = build_run(config)
     checkpointer = Checkpointer(workdir)
     try:
-        state = checkpointer.restore(state)
+        state, _ = checkpointer.restore_newest(state)  # a reader: falls back, moves nothing
     finally:
         checkpointer.close()
     return config, splits, learner, state

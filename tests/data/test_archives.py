@@ -202,6 +202,23 @@ def test_atomic_save_npz_round_trip_and_failure(tmp_path, monkeypatch):
     assert sorted(p.name for p in path.parent.iterdir()) == ["a.npz"]  # No temp file left.
 
 
+def test_cache_under_a_file_is_a_warning_not_an_error(tmp_path, monkeypatch, caplog):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv(archives.CACHE_DIR_ENV, str(tmp_path / "file" / "cache"))
+    path = archives.cache_file("k", "m", v=1)  # naming the file creates nothing
+    assert path == tmp_path / "file" / "cache" / "k-m-v=1.npz"
+    assert archives.load_npz(path) is None
+    assert archives.save_cache_npz(path, x=np.arange(3)) is False
+    assert caplog.messages == [
+        (
+            f"Cannot write the cache file {path} (Not a directory: {tmp_path}/file/cache); going "
+            "on without the cache. Set MMJAX_CACHE_DIR (or data.cache_dir) to a writable folder "
+            "to keep the decoded arrays."
+        )
+    ]
+    assert archives.save_cache_npz(tmp_path / "ok" / "a.npz", x=np.arange(3)) is True
+
+
 def test_load_npz_ignores_corrupt_cache(tmp_path, caplog):
     assert archives.load_npz(tmp_path / "missing.npz") is None
     (tmp_path / "bad.npz").write_bytes(b"garbage")

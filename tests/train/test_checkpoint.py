@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from mmjax.train.checkpoint import Checkpointer
+from mmjax.train.checkpoint import Checkpointer, CheckpointError
 from mmjax.train.logging import read_metrics
 from tests.train.conftest import run_cli, run_env, tiny_run_args
 
@@ -172,3 +173,129 @@ def test_sigkill_during_save_resumes_from_last_complete_checkpoint(
     assert _comparable(read_metrics(workdir / "metrics.jsonl")) == _comparable(
         read_metrics(reference_run / "metrics.jsonl")
     )
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "mmjax.train.checkpoint"]
+
+
+def _truncate(path) -> int:
+    """Cuts ``path`` to half its size; returns the original size."""
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(size // 2)
+    return size
+
+
+def _saved(tmp_path, steps=(1, 2, 3)) -> str:
+    checkpointer = Checkpointer(tmp_path, max_to_keep=10)
+    for step in steps:
+        checkpointer.save(step, _state(float(step)))
+    checkpointer.close()
+    return str(tmp_path / "checkpoints")
+
+
+def _data_file(step_dir) -> str:
+    (name,) = os.listdir(os.path.join(step_dir, "default", "d"))
+    return os.path.join("default", "d", name)
+
+
+def test_truncated_data_file_falls_back_and_the_writer_sets_it_aside(tmp_path, caplog):
+    directory = _saved(tmp_path)
+    name = _data_file(os.path.join(directory, "3"))
+    size = _truncate(os.path.join(directory, "3", name))
+    reason = (
+        f"file {name}: Requested byte range [0, {size}) is not valid for value of size "
+        f"{size // 2} (OUT_OF_RANGE)"
+    )
+
+    reader = Checkpointer(tmp_path)
+    state, step = reader.restore_newest(_state(0.0))  # a reader moves nothing
+    reader.close()
+    assert step == 2
+    _assert_trees_equal(state, _state(2.0))
+    assert _warnings(caplog) == [f"Checkpoint step 3 in {directory} does not restore: {reason}"]
+    assert sorted(os.listdir(directory)) == ["1", "2", "3"]
+
+    writer = Checkpointer(tmp_path, max_to_keep=10, clean_up_temporary=True)
+    state, step = writer.restore_newest(_state(0.0), set_aside=True)
+    assert step == 2
+    assert sorted(os.listdir(directory)) == ["1", "2"]
+    assert os.listdir(tmp_path / "corrupt_checkpoints") == ["3"]
+    assert writer.latest_step() == 2  # orbax forgot step 3 ...
+    writer.save(3, _state(3.5))  # ... and saves it again beside the set-aside copy
+    _assert_trees_equal(writer.restore(_state(0.0)), _state(3.5))
+    writer.close()
+    assert os.path.getsize(tmp_path / "corrupt_checkpoints" / "3" / name) == size // 2
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        ("metadata", "file default/_METADATA is not valid JSON (truncated?): "),
+        ("array_metadata", "file default/array_metadatas/process_0 is not valid JSON"),
+        ("manifest", "file default/manifest.ocdbt: Length in header (113) does not match"),
+        ("empty", "its directory is empty"),
+        ("no_default", "its directory has no 'default' item, only _CHECKPOINT_METADATA, "),
+    ],
+)
+def test_each_kind_of_damage_is_named_in_one_line(tmp_path, caplog, damage, reason):
+    directory = _saved(tmp_path, steps=(1, 3))
+    step_dir = os.path.join(directory, "3")
+    if damage == "metadata":
+        _truncate(os.path.join(step_dir, "default", "_METADATA"))
+    elif damage == "array_metadata":
+        _truncate(os.path.join(step_dir, "default", "array_metadatas", "process_0"))
+    elif damage == "manifest":
+        _truncate(os.path.join(step_dir, "default", "manifest.ocdbt"))
+    elif damage == "empty":
+        shutil.rmtree(step_dir)
+        os.mkdir(step_dir)
+    else:
+        shutil.rmtree(os.path.join(step_dir, "default"))
+    checkpointer = Checkpointer(tmp_path)
+    state, step = checkpointer.restore_newest(_state(0.0))
+    checkpointer.close()
+    assert step == 1
+    _assert_trees_equal(state, _state(1.0))
+    (message,) = _warnings(caplog)
+    prefix = f"Checkpoint step 3 in {directory} does not restore: "
+    assert message.startswith(prefix + reason.format(directory=directory)), message
+    assert "\n" not in message and "tensorstore_spec" not in message
+
+
+def test_no_checkpoint_restores_is_one_error_and_nothing_moves(tmp_path):
+    directory = _saved(tmp_path, steps=(1, 2))
+    for step in ("1", "2"):
+        shutil.rmtree(os.path.join(directory, step, "default"))
+    checkpointer = Checkpointer(tmp_path)
+    with pytest.raises(CheckpointError) as error:
+        checkpointer.restore_newest(_state(0.0), set_aside=True)
+    checkpointer.close()
+    assert str(error.value) == (
+        f"no checkpoint in {directory} restores (step 2, 1: its directory has no 'default' "
+        "item, only _CHECKPOINT_METADATA, commit_success.txt); fix or remove them, or start a "
+        "new run in another --workdir"
+    )
+    assert sorted(os.listdir(directory)) == ["1", "2"]
+    assert not os.path.exists(tmp_path / "corrupt_checkpoints")
+
+
+def test_a_different_models_checkpoint_is_not_set_aside(tmp_path):
+    directory = _saved(tmp_path, steps=(1, 2))
+    other = {
+        "step": jnp.zeros((), jnp.int32),
+        "params": {"w": jnp.zeros((5, 2))},
+        "key": _state(0)["key"],
+    }
+    checkpointer = Checkpointer(tmp_path)
+    with pytest.raises(CheckpointError) as error:
+        checkpointer.restore_newest(other, set_aside=True)
+    checkpointer.close()
+    assert str(error.value) == (
+        f"no checkpoint in {directory} restores (step 2, 1: it holds the state of another model "
+        "or optimizer: 1 array(s) differ, params.w has shape (5, 2) here, (3, 2) in the "
+        "checkpoint); the config changes the shapes of the trained state, which a resumed run "
+        "cannot do: start a new run in another --workdir"
+    )
+    assert sorted(os.listdir(directory)) == ["1", "2"]
