@@ -42,7 +42,7 @@ from mmjax.data.lake_runs import LakeRuns, load_lake_runs
 from mmjax.data.modality import CONDITIONS, apply_condition, modality_dropout
 from mmjax.data.regression import FAMILIES, sample_regression_tasks
 from mmjax.data.tfds import TfdsClassImages, load_tfds_classes
-from mmjax.data.augment import augment
+from mmjax.data.augment import augment, augment_episodes
 from mmjax.data.cifar_fewshot import (
     CIFAR_FS_CLASSES,
     FC100_CLASSES,
@@ -59,6 +59,7 @@ __all__ = [
     "FC100_CLASSES",
     "FC100_SUPERCLASSES",
     "augment",
+    "augment_episodes",
     "cifar_fs_splits",
     "cub_split_of",
     "cub_splits",

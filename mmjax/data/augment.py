@@ -47,3 +47,23 @@ def augment(
         flips = jax.random.bernoulli(flip_key, 0.5, (n,))
         flat = jnp.where(flips[:, None, None, None], flat[:, :, ::-1], flat)
     return flat.reshape(shape)
+
+
+def augment_episodes(key: chex.PRNGKey, episodes, *, padding: int = 4, flip: bool = True):
+    """`augment` of an `Episode`'s support and query images (labels unchanged).
+
+    Args:
+      key: PRNG key (split into one key for the support set, one for the query set).
+      episodes: `mmjax.data.episodes.Episode` with image inputs ``[..., H, W, C]``.
+      padding, flip: see `augment`.
+
+    Raises:
+      ValueError: the inputs are a pytree (e.g. image + strokes), not an image array.
+    """
+    if not hasattr(episodes.support_inputs, "ndim"):
+        raise ValueError("augment_episodes needs image inputs, not a pytree (multimodal data)")
+    support_key, query_key = jax.random.split(key)
+    return episodes._replace(
+        support_inputs=augment(support_key, episodes.support_inputs, padding=padding, flip=flip),
+        query_inputs=augment(query_key, episodes.query_inputs, padding=padding, flip=flip),
+    )
