@@ -113,3 +113,31 @@ def test_one_meta_step_is_finite(tmp_path, name, extra):
     assert any(jax.tree.leaves(moved))  # the meta-step changed the parameters
     expected = "ResNet12" if "resnet12" in name else "Conv4"
     assert type(builders.build_model(config).encoder).__name__ == expected
+
+
+def test_load_splits_dispatches_every_benchmark(tmp_path):
+    """config.data.name -> the right loader, split sizes and RGB shapes on device."""
+    from tests.data.test_cifar_fewshot import _mock
+    from tests.data.test_tieredimagenet import SIZES, _write
+
+    _write(tmp_path / "tieredimagenet")
+    overrides = [f"data.data_dir={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}"]
+    tiered = configs.apply_overrides(
+        configs.get_config("tieredimagenet_protonet_5w1s"), overrides + ["data.image_size=9"]
+    )
+    splits = builders.load_splits(tiered)
+    assert [splits[s].shape for s in ("train", "val", "test")] == [
+        (len(SIZES[s]), min(SIZES[s]), 9, 9, 3) for s in ("train", "val", "test")
+    ]
+    with _mock():
+        for name, sizes in (("cifarfs", (64, 16, 20)), ("fc100", (60, 20, 20))):
+            config = configs.apply_overrides(configs.get_config(f"{name}_maml_5w1s"), overrides)
+            splits = builders.load_splits(config)
+            assert tuple(splits[s].shape[0] for s in ("train", "val", "test")) == sizes
+            assert splits["test"].shape[1:] == (3, 32, 32, 3)
+    with pytest.raises(FileNotFoundError, match="CUB-200-2011"):
+        builders.load_splits(
+            configs.apply_overrides(
+                configs.get_config("cub_maml_5w1s"), overrides + ["data.source='archive'"]
+            )
+        )
