@@ -1,5 +1,8 @@
 """learn2learn reference timing: ``l2l.algorithms.MAML`` + ``OmniglotCNN`` meta-steps.
 
+``--dataset miniimagenet`` times ``MiniImagenetCNN`` (Conv-4 with max-pool) on 84x84x3
+inputs instead, ``--backbone resnet12`` learn2learn's ``ResNet12`` (its default widths).
+
 Run by ``benchmarks/maml_orders.py --l2l_python PYTHON`` in an interpreter that has torch and
 learn2learn (neither is a dependency of mmjax). Mirrors learn2learn's own
 ``examples/vision/maml_omniglot.py`` meta-step: for each task of the meta-batch, clone the
@@ -28,6 +31,9 @@ def main() -> None:
     parser.add_argument("--image_size", type=int, default=28)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    parser.add_argument("--dataset", choices=["omniglot", "miniimagenet"], default="omniglot")
+    parser.add_argument("--backbone", choices=["conv4", "resnet12"], default="conv4")
+    parser.add_argument("--inner_lr", type=float, default=0.4)
     args = parser.parse_args()
 
     import learn2learn as l2l
@@ -36,14 +42,20 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = l2l.vision.models.OmniglotCNN(args.ways, hidden_size=args.features)
-    maml = l2l.algorithms.MAML(model, lr=0.4, first_order=args.order == "first")
+    channels = 3 if args.dataset == "miniimagenet" else 1
+    if args.backbone == "resnet12":
+        model = l2l.vision.models.ResNet12(args.ways)
+    elif args.dataset == "miniimagenet":
+        model = l2l.vision.models.MiniImagenetCNN(args.ways, hidden_size=args.features, layers=4)
+    else:
+        model = l2l.vision.models.OmniglotCNN(args.ways, hidden_size=args.features)
+    maml = l2l.algorithms.MAML(model, lr=args.inner_lr, first_order=args.order == "first")
     optimizer = torch.optim.Adam(maml.parameters(), 1e-3)
     loss = torch.nn.CrossEntropyLoss()
     size, ways = args.image_size, args.ways
-    support_x = torch.rand(args.meta_batch, ways * args.shots, 1, size, size)
+    support_x = torch.rand(args.meta_batch, ways * args.shots, channels, size, size)
     support_y = torch.arange(ways).repeat_interleave(args.shots)
-    query_x = torch.rand(args.meta_batch, ways * args.queries, 1, size, size)
+    query_x = torch.rand(args.meta_batch, ways * args.queries, channels, size, size)
     query_y = torch.arange(ways).repeat_interleave(args.queries)
 
     def meta_step() -> None:

@@ -22,12 +22,19 @@ non-remat configuration is also timed with learn2learn's ``MAML`` + ``OmniglotCN
 identical shapes (``benchmarks/l2l_reference.py``), alternating processes ``--rounds``
 times, and the speed ratio is reported.
 
+``--dataset miniimagenet`` uses mini-ImageNet's shapes and Finn et al.'s sizes (84x84x3,
+Conv-4 with 32 filters and max-pool, 5 inner steps of lr 0.01, meta-batch 4; random pixels)
+and learn2learn's ``MiniImagenetCNN``; ``--backbone resnet12`` times ResNet-12
+(``--resnet_widths``) instead of Conv-4 (learn2learn: its ``ResNet12``).
+
 Writes ``OUT/maml_orders.jsonl`` (one JSON object per configuration), ``OUT/maml_orders.md``
 and ``OUT/time_vs_inner_steps.png``, ``OUT/memory_vs_inner_steps.png``.
 
   python benchmarks/maml_orders.py --out /tmp/maml_orders --inner_steps 1 2 5 10 \
       --remat both --remat_at 10 --l2l_python /path/to/l2l-venv/bin/python
   python benchmarks/maml_orders.py --smoke --out /tmp/smoke            # tiny, < 1 min
+  python benchmarks/maml_orders.py --dataset miniimagenet --shots 1 5 --out /tmp/mini
+  python benchmarks/maml_orders.py --dataset miniimagenet --backbone resnet12 --out /tmp/r12
   python benchmarks/maml_orders.py --accuracy --inner_steps 1 --train_steps 300 --out /tmp/acc
 """
 
@@ -46,6 +53,21 @@ import sys
 import time
 
 ORDERS = ("second", "first")
+# --dataset -> defaults applied unless the flag is given (image_size, channels, Conv-4 pool,
+# features, inner lr, inner steps, meta-batch); learn2learn's model for the same shapes.
+DATASET_SHAPES = {
+    "omniglot": {"image_size": 28, "channels": 1, "pool": "stride", "l2l_model": "OmniglotCNN"},
+    "miniimagenet": {
+        "image_size": 84,
+        "channels": 3,
+        "pool": "max",
+        "features": 32,
+        "inner_lr": 0.01,
+        "inner_steps": [5],
+        "meta_batch": [4],
+        "l2l_model": "MiniImagenetCNN",
+    },
+}
 CONV_IMPLS = ("auto", "im2col", "lax")
 
 
@@ -84,19 +106,25 @@ def _build(spec: dict):
     import optax
 
     from mmjax.meta import maml
-    from mmjax.nn import Classifier, Conv4
+    from mmjax.nn import Classifier, Conv4, ResNet12
 
     ways, shots, queries, batch = spec["ways"], spec["shots"], spec["queries"], spec["meta_batch"]
-    size = spec["image_size"]
-    conv4 = Conv4(
-        features=spec["features"], num_blocks=spec.get("num_blocks", 4), conv_impl=spec["conv_impl"]
-    )
-    model = Classifier(conv4, num_classes=ways)
+    size, channels = spec["image_size"], spec.get("channels", 1)
+    if spec.get("backbone", "conv4") == "resnet12":
+        encoder = ResNet12(widths=tuple(spec["widths"]), conv_impl=spec["conv_impl"])
+    else:
+        encoder = Conv4(
+            features=spec["features"],
+            num_blocks=spec.get("num_blocks", 4),
+            pool=spec.get("pool", "stride"),
+            conv_impl=spec["conv_impl"],
+        )
+    model = Classifier(encoder, num_classes=ways)
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     episodes = maml.Episode(
-        jax.random.uniform(keys[0], (batch, ways * shots, size, size, 1)),
+        jax.random.uniform(keys[0], (batch, ways * shots, size, size, channels)),
         jnp.tile(jnp.repeat(jnp.arange(ways), shots), (batch, 1)),
-        jax.random.uniform(keys[1], (batch, ways * queries, size, size, 1)),
+        jax.random.uniform(keys[1], (batch, ways * queries, size, size, channels)),
         jnp.tile(jnp.repeat(jnp.arange(ways), queries), (batch, 1)),
     )
     params = model.init(keys[2], episodes.support_inputs[0])
@@ -113,7 +141,7 @@ def measure(spec: dict) -> dict:
 
     model, episodes, params, optimizer, opt_state = _build(spec)
     settings = dict(
-        inner_lr=0.4,
+        inner_lr=spec.get("inner_lr", 0.4),
         num_steps=spec["inner_steps"],
         first_order=spec["order"] == "first",
         remat=spec["remat"],
@@ -236,6 +264,9 @@ def _run_l2l(python: str, spec: dict) -> dict:
         "threads",
     ):
         flags += [f"--{name}", str(spec[name])]
+    for name in ("dataset", "backbone", "inner_lr"):  # mini-ImageNet / ResNet-12 rows
+        if name in spec:
+            flags += [f"--{name}", str(spec[name])]
     out = subprocess.run([python, script, *flags], capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"learn2learn reference failed:\n{out.stderr[-3000:]}")
@@ -401,6 +432,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--image_size", type=int, default=28)
+    parser.add_argument(
+        "--dataset",
+        choices=sorted(DATASET_SHAPES),
+        default="omniglot",
+        help="input shapes and protocol: omniglot (28x28x1, Conv-4 stride) or miniimagenet "
+        "(84x84x3, max-pool, Finn et al.'s sizes unless given: 32 filters, 5 inner steps of "
+        "lr 0.01, meta-batch 4, 15 queries); random pixels either way",
+    )
+    parser.add_argument("--backbone", choices=["conv4", "resnet12"], default="conv4")
+    parser.add_argument(
+        "--resnet_widths", nargs="+", type=int, default=[64, 160, 320, 640], help="ResNet-12 widths"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed steps after warm-up")
     parser.add_argument(
         "--l2l_repeats", type=int, default=None, help="timed learn2learn steps (default: --repeats)"
@@ -484,6 +527,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return []
     _check_args(args)
     given = argv if argv is not None else sys.argv[1:]
+    shapes = DATASET_SHAPES[args.dataset]
+    for name in ("image_size", "features", "inner_steps", "meta_batch"):
+        if name in shapes and f"--{name}" not in given:
+            setattr(args, name, shapes[name])
     if args.smoke:  # a one-block Conv-4 on 14x14, every configuration in this process
         args.features, args.image_size, args.repeats, args.rounds = 8, 14, 2, 1
         args.queries, args.meta_batch = [2], [2]
@@ -491,6 +538,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             args.inner_steps = [1]
         if "--l2l" not in given:
             args.l2l = "no"  # learn2learn's OmniglotCNN is fixed to 28x28
+        if "--resnet_widths" not in given:
+            args.resnet_widths = [4, 4]
         args.train_steps, args.test_episodes = min(args.train_steps, 3), min(args.test_episodes, 10)
     os.makedirs(args.out, exist_ok=True)
     run = (lambda task, spec: _CHILD_TASKS[task](spec)) if args.smoke else _in_child
@@ -523,6 +572,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
             matmul_peak_gflop_s=round(peak, 2),
             num_blocks=1 if args.smoke else 4,
         )
+        if args.dataset != "omniglot" or args.backbone != "conv4":
+            spec.update(
+                dataset=args.dataset,
+                backbone=args.backbone,
+                channels=shapes["channels"],
+                pool=shapes["pool"],
+                inner_lr=shapes.get("inner_lr", 0.4),
+            )
+            if args.backbone == "resnet12":
+                spec["widths"] = list(args.resnet_widths)
         measured, references = [], []
         for _ in range(args.rounds):
             measured.append(run("measure", spec))

@@ -79,7 +79,7 @@ CASES = [
      ValueError, r"length=0 must be an int >= 2"),
     ("images rank",
      lambda p: data.ClassImages(np.zeros((2, 3, 4, 4), np.float32), ("a", "b"), np.zeros((2, 3))),
-     ValueError, r"images must be a numpy array \[classes, examples, height, width, 1\]"),
+     ValueError, r"images must be a numpy array \[classes, examples, height, width, 1 \| 3\]"),
     ("images dtype",
      lambda p: data.ClassImages(np.zeros((2, 3, 4, 4, 1), np.uint8), ("a", "b"),
                                 np.zeros((2, 3), str)),

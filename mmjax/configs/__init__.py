@@ -12,10 +12,24 @@ from collections.abc import Sequence
 
 import ml_collections
 
+# Parameterised modules: ``get_config(arg)``, with the short names they generate in
+# ``CONFIG_NAMES``; the names are listed instead of the module's own.
+_PARAMETERISED = ("fewshot_images",)
+
+
+def _generated() -> dict[str, str]:
+    """Short config name -> the parameterised module that builds it."""
+    return {
+        name: module
+        for module in _PARAMETERISED
+        for name in importlib.import_module(f"mmjax.configs.{module}").CONFIG_NAMES
+    }
+
 
 def available_configs() -> list[str]:
     """Names of the configs shipped in ``mmjax/configs``."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    modules = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+    return sorted([m for m in modules if m not in _PARAMETERISED] + list(_generated()))
 
 
 def get_config(name: str) -> ml_collections.ConfigDict:
@@ -45,6 +59,9 @@ def get_config(name: str) -> ml_collections.ConfigDict:
         close = difflib.get_close_matches(name, names, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"unknown config {name!r}{hint} Available: {', '.join(names)}")
+    generated = _generated()
+    if name in generated:
+        return importlib.import_module(f"mmjax.configs.{generated[name]}").get_config(name)
     return importlib.import_module(f"mmjax.configs.{name}").get_config()
 
 

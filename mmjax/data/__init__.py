@@ -1,4 +1,5 @@
-"""Data: Omniglot archives -> class-grouped arrays, pen strokes, on-device episode sampling."""
+"""Data: Omniglot archives and the RGB few-shot benchmarks -> class-grouped arrays, pen strokes,
+on-device episode sampling."""
 
 from mmjax.data.archives import (
     KNOWN_MD5,
@@ -41,8 +42,30 @@ from mmjax.data.lake_runs import LakeRuns, load_lake_runs
 from mmjax.data.modality import CONDITIONS, apply_condition, modality_dropout
 from mmjax.data.regression import FAMILIES, sample_regression_tasks
 from mmjax.data.tfds import TfdsClassImages, load_tfds_classes
+from mmjax.data.augment import augment, augment_episodes
+from mmjax.data.cifar_fewshot import (
+    CIFAR_FS_CLASSES,
+    FC100_CLASSES,
+    FC100_SUPERCLASSES,
+    cifar_fs_splits,
+    fc100_splits,
+)
+from mmjax.data.cub import cub_split_of, cub_splits
+from mmjax.data.miniimagenet import miniimagenet_splits
+from mmjax.data.tieredimagenet import tieredimagenet_splits
 
 __all__ = [
+    "CIFAR_FS_CLASSES",
+    "FC100_CLASSES",
+    "FC100_SUPERCLASSES",
+    "augment",
+    "augment_episodes",
+    "cifar_fs_splits",
+    "cub_split_of",
+    "cub_splits",
+    "fc100_splits",
+    "miniimagenet_splits",
+    "tieredimagenet_splits",
     "CONDITIONS",
     "FAMILIES",
     "LakeRuns",

@@ -39,7 +39,8 @@ class ClassImages:
     """Images grouped by class.
 
     Attributes:
-      images: [classes, examples, height, width, 1] float32 in [0, 1], ink = 1.0.
+      images: [classes, examples, height, width, channels] float32 in [0, 1]; channels is 1
+        (Omniglot: ink = 1.0) or 3 (RGB benchmarks, `mmjax.data.image_splits`).
       class_names: [classes] names ``"Alphabet/characterNN"``; rotated copies carry a
         ``"/rot90"``, ``"/rot180"`` or ``"/rot270"`` suffix.
       drawing_ids: [classes, examples] str, the drawing's file stem (e.g. ``"0108_01"``).
@@ -51,9 +52,9 @@ class ClassImages:
 
     def __post_init__(self):
         images, ids = self.images, self.drawing_ids
-        if not isinstance(images, np.ndarray) or images.ndim != 5 or images.shape[-1] != 1:
+        if not isinstance(images, np.ndarray) or images.ndim != 5 or images.shape[-1] not in (1, 3):
             raise ValueError(
-                f"images must be a numpy array [classes, examples, height, width, 1], got "
+                f"images must be a numpy array [classes, examples, height, width, 1 | 3], got "
                 f"{type(images).__name__} with shape {getattr(images, 'shape', None)}"
             )
         if not np.issubdtype(images.dtype, np.floating):

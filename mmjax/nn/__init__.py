@@ -1,4 +1,5 @@
-"""Encoders: Conv-4 (vmap-friendly convolution), MLP, stroke-sequence encoders, classifier."""
+"""Encoders: Conv-4 and ResNet-12 (vmap-friendly convolution), MLP, stroke-sequence encoders,
+classifier."""
 
 from mmjax.nn.classifier import Classifier
 from mmjax.nn.conv import (
@@ -16,6 +17,7 @@ from mmjax.nn.conv import (
 from mmjax.nn.conv_norm import conv_batch_norm_relu
 from mmjax.nn.mlp import MLP
 from mmjax.nn.multimodal import MultimodalEncoder
+from mmjax.nn.resnet import RESNET12_WIDTHS, ResidualBlock, ResNet12
 from mmjax.nn.sequence import StrokeEncoder
 
 __all__ = [
@@ -25,6 +27,9 @@ __all__ = [
     "Conv4",
     "MLP",
     "MultimodalEncoder",
+    "RESNET12_WIDTHS",
+    "ResNet12",
+    "ResidualBlock",
     "StrokeEncoder",
     "batch_norm",
     "conv2d_im2col",

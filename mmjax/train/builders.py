@@ -6,10 +6,15 @@ import ml_collections
 import optax
 
 from mmjax.data import (
+    cifar_fs_splits,
+    cub_splits,
+    fc100_splits,
     load_tfds_classes,
+    miniimagenet_splits,
     omniglot_multimodal_splits,
     omniglot_splits,
     select_classes,
+    tieredimagenet_splits,
     to_device,
 )
 from mmjax.meta import MetaLearner, make_learner
@@ -17,9 +22,11 @@ from mmjax.nn.classifier import Classifier
 from mmjax.nn.conv import Conv4
 from mmjax.nn.mlp import MLP
 from mmjax.nn.multimodal import MultimodalEncoder
+from mmjax.nn.resnet import RESNET12_WIDTHS, ResNet12
 from mmjax.nn.sequence import StrokeEncoder
 
-ENCODERS = ("conv4", "mlp", "multimodal")
+ENCODERS = ("conv4", "resnet12", "mlp", "multimodal")
+IMAGE_BENCHMARKS = ("miniimagenet", "tieredimagenet", "cifarfs", "fc100", "cub")
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -56,6 +63,8 @@ def build_model(config: ml_collections.ConfigDict) -> Classifier:
         encoder = Conv4(
             features=m.features, num_blocks=m.num_blocks, pool=m.pool, conv_impl=m.conv_impl
         )
+    elif m.encoder == "resnet12":
+        encoder = ResNet12(widths=tuple(m.get("widths", RESNET12_WIDTHS)), conv_impl=m.conv_impl)
     elif m.encoder == "mlp":
         encoder = _Flatten(hidden_sizes=tuple(m.hidden_sizes), activate_final=True)
     else:
@@ -77,7 +86,7 @@ def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfor
 
 
 def load_splits(config: ml_collections.ConfigDict) -> dict:
-    """Loads ``{'train', 'val', 'test'}`` as device arrays ``[classes, examples, H, W, 1]``.
+    """Loads ``{'train', 'val', 'test'}`` as device arrays ``[classes, examples, H, W, C]``.
 
     With ``"strokes"`` in ``data.modalities`` (Omniglot only) each split is the pytree
     ``{"image", "strokes", "mask"}`` of `omniglot_multimodal_splits` (``data.stroke_length``
@@ -85,7 +94,9 @@ def load_splits(config: ml_collections.ConfigDict) -> dict:
 
     ``data.name="omniglot"`` reads the official archives (``data.data_dir`` or
     ``$MMJAX_DATA_DIR``); ``"tfds:<name>"`` splits the classes of a TFDS image
-    classification dataset 60/20/20 in label order.
+    classification dataset 60/20/20 in label order; ``"miniimagenet"``, ``"tieredimagenet"``,
+    ``"cifarfs"``, ``"fc100"`` and ``"cub"`` load the RGB benchmarks with their standard class
+    splits (``data.source``, ``data.examples_per_class``: 0 = all; see ``docs/datasets.md``).
     """
     d = config.data
     modalities = tuple(d.get("modalities", ("image",)))
@@ -127,6 +138,8 @@ def load_splits(config: ml_collections.ConfigDict) -> dict:
             evaluation=d.get("evaluation", "background_small2"),
         )
         return {name: to_device(split) for name, split in splits.items()}
+    if d.name in IMAGE_BENCHMARKS:
+        return {name: to_device(split) for name, split in _image_benchmark(d).items()}
     if d.name.startswith("tfds:"):
         data = load_tfds_classes(
             d.name[5:],
@@ -142,7 +155,26 @@ def load_splits(config: ml_collections.ConfigDict) -> dict:
             "test": range(int(0.8 * n), n),
         }
         return {name: to_device(select_classes(data, list(r))) for name, r in bounds.items()}
-    raise ValueError(f"data.name={d.name!r} is not 'omniglot' or 'tfds:<dataset>'")
+    raise ValueError(
+        f"data.name={d.name!r} is not 'omniglot', one of {IMAGE_BENCHMARKS} or 'tfds:<dataset>'"
+    )
+
+
+def _image_benchmark(d: ml_collections.ConfigDict) -> dict:
+    """The RGB benchmark ``d.name`` (``[C, E, H, W, 3]`` splits) from ``mmjax.data``."""
+    common = {"image_size": d.image_size, "cache_dir": d.cache_dir or None}
+    examples = d.get("examples_per_class", 0) or None
+    source = d.get("source", "auto")
+    data_dir = d.data_dir or None
+    if d.name == "miniimagenet":
+        return miniimagenet_splits(data_dir, source=source, **common)
+    if d.name == "tieredimagenet":
+        return tieredimagenet_splits(data_dir, examples_per_class=examples, **common)
+    tfds = {**common, "examples_per_class": examples, "download": d.download}
+    if d.name == "cub":
+        return cub_splits(data_dir, source=source, **tfds)
+    load = cifar_fs_splits if d.name == "cifarfs" else fc100_splits
+    return load(data_dir, **tfds)
 
 
 def build_learner(config: ml_collections.ConfigDict, model) -> MetaLearner:

@@ -26,6 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from mmjax.data import modality
+from mmjax.data.augment import augment_episodes
 from mmjax.data.episodes import classes_and_examples, sample_episodes, validate_episode_spec
 from mmjax.meta.learner import MetaLearner
 from mmjax.meta.parallel import TASK_AXIS, task_mesh
@@ -103,7 +104,9 @@ def make_train_step(
 
     Samples ``meta_batch_size`` episodes on device, takes one meta-step of ``learner`` and
     skips the update (keeping the old parameters) when the loss or gradient is not finite;
-    the metric ``finite`` tells the host which happened.
+    the metric ``finite`` tells the host which happened. With ``config.augment.enabled``
+    (default off) the support and query images are randomly cropped and flipped
+    (`mmjax.data.augment.augment_episodes`) with a key derived from the sampling key.
 
     Multimodal data only: ``config.train_condition`` (default ``"both"``) fixes the modality
     presence of the training episodes (`mmjax.data.modality.apply_condition`, e.g.
@@ -123,6 +126,9 @@ def make_train_step(
         shots=config.shots,
         queries=config.queries,
     )
+    augmentation = None  # config.augment: random crop + flip of the training episodes
+    if config.get("augment") is not None and config.augment.enabled:
+        augmentation = {"padding": config.augment.padding, "flip": config.augment.flip}
     constrain = lambda tree: tree
     if config.parallel == "sharded":
         by_task = NamedSharding(task_mesh(), P(TASK_AXIS))
@@ -137,6 +143,8 @@ def make_train_step(
             episodes = modality.apply_condition(episodes, train_condition)
         if dropout_rate != 0:
             episodes = modality.modality_dropout(dropout_key, episodes, rate=dropout_rate)
+        if augmentation is not None:
+            episodes = augment_episodes(jax.random.fold_in(sample_key, 1), episodes, **augmentation)
         episodes = constrain(episodes)
         grads, metrics = learner.meta_grad(state.params, episodes)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

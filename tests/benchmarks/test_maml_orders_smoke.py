@@ -7,8 +7,19 @@ import pytest
 from tests.benchmarks import load_benchmark
 
 KEYS = {
-    "order", "ways", "shots", "queries", "meta_batch", "inner_steps", "remat", "tasks_per_s",
-    "s_per_step", "compile_s", "peak_memory_mb", "gflop_per_step", "peak_fraction",
+    "order",
+    "ways",
+    "shots",
+    "queries",
+    "meta_batch",
+    "inner_steps",
+    "remat",
+    "tasks_per_s",
+    "s_per_step",
+    "compile_s",
+    "peak_memory_mb",
+    "gflop_per_step",
+    "peak_fraction",
 }
 
 
@@ -20,7 +31,8 @@ def bench():
 def test_smoke_run_writes_jsonl_markdown_and_plots(bench, tmp_path):
     rows = bench.main(["--smoke", "--out", str(tmp_path)])
     assert [(r["order"], r["inner_steps"], r["remat"]) for r in rows] == [
-        ("second", 1, False), ("first", 1, False)
+        ("second", 1, False),
+        ("first", 1, False),
     ]
     lines = (tmp_path / "maml_orders.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == rows
@@ -41,10 +53,12 @@ def test_smoke_run_writes_jsonl_markdown_and_plots(bench, tmp_path):
 
 def test_scanned_tasks_are_timed_and_every_task_counted(bench, tmp_path):
     """--task_batching scan times the scanned step; its FLOPs still count all tasks."""
-    vmapped = bench.main(["--smoke", "--orders", "first", "--task_batching", "vmap",
-                          "--out", str(tmp_path / "vmap")])
-    scanned = bench.main(["--smoke", "--orders", "first", "--task_batching", "scan",
-                          "--out", str(tmp_path / "scan")])
+    vmapped = bench.main(
+        ["--smoke", "--orders", "first", "--task_batching", "vmap", "--out", str(tmp_path / "vmap")]
+    )
+    scanned = bench.main(
+        ["--smoke", "--orders", "first", "--task_batching", "scan", "--out", str(tmp_path / "scan")]
+    )
     assert vmapped[0]["task_batching_resolved"] == "vmap"
     assert scanned[0]["task_batching_resolved"] == "scan"
     assert scanned[0]["gflop_per_step"] == pytest.approx(vmapped[0]["gflop_per_step"], rel=1e-6)
@@ -56,8 +70,18 @@ def test_scanned_tasks_are_timed_and_every_task_counted(bench, tmp_path):
 
 def test_flop_count_grows_with_inner_steps(bench):
     """cost_analysis of the unrolled inner loop counts every step (a rolled scan would not)."""
-    spec = dict(order="first", remat=False, ways=2, shots=1, queries=1, meta_batch=1,
-                features=4, num_blocks=1, image_size=8, conv_impl="auto")
+    spec = dict(
+        order="first",
+        remat=False,
+        ways=2,
+        shots=1,
+        queries=1,
+        meta_batch=1,
+        features=4,
+        num_blocks=1,
+        image_size=8,
+        conv_impl="auto",
+    )
     import jax
 
     from mmjax.meta import maml
@@ -65,8 +89,13 @@ def test_flop_count_grows_with_inner_steps(bench):
     def count(steps, unroll):
         model, episodes, params, optimizer, opt_state = bench._build(spec)
         step = maml.make_meta_train_step(
-            maml.classification_loss(model.apply), optimizer, inner_lr=0.1, num_steps=steps,
-            first_order=True, unroll=unroll, jit=False,
+            maml.classification_loss(model.apply),
+            optimizer,
+            inner_lr=0.1,
+            num_steps=steps,
+            first_order=True,
+            unroll=unroll,
+            jit=False,
         )
         return jax.jit(step).lower(params, opt_state, episodes).cost_analysis()["flops"]
 
@@ -83,3 +112,30 @@ def test_bad_arguments_raise(bench, tmp_path):
         bench.main(["--smoke", "--out", str(tmp_path), "--meta_batch", "0"])
     with pytest.raises(SystemExit):
         bench.main(["--out", str(tmp_path), "--remat", "maybe"])
+
+
+def test_miniimagenet_shapes_and_resnet12_run(bench, tmp_path, monkeypatch):
+    """--dataset miniimagenet: RGB, max-pool, lr 0.01; --backbone resnet12; l2l flags follow."""
+    (row,) = bench.main(
+        ["--smoke", "--dataset", "miniimagenet", "--orders", "first", "--out", str(tmp_path)]
+    )
+    assert (row["dataset"], row["channels"], row["pool"], row["inner_lr"]) == (
+        "miniimagenet", 3, "max", 0.01
+    )  # fmt: skip
+    assert row["tasks_per_s"] > 0 and row["compile_s"] > 0 and row["gflop_per_step"] > 0
+    # ResNet-12 rows build a ResNet-12 on RGB episodes (timing it is the conv4 path above).
+    spec = dict(row, backbone="resnet12", widths=[4, 4])
+    model, episodes, params, _, _ = bench._build(spec)
+    assert type(model.encoder).__name__ == "ResNet12"
+    assert episodes.support_inputs.shape == (2, 5, 14, 14, 3)
+    assert model.apply(params, episodes.query_inputs[0]).shape == (10, 5)
+    calls = []
+
+    class Done:
+        returncode, stdout, stderr = 0, '{"step_s": 1.0}\n', ""
+
+    monkeypatch.setattr(bench.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or Done())
+    bench._run_l2l("python", dict(spec, threads=0))
+    flags = " ".join(calls[0])
+    assert "--dataset miniimagenet" in flags and "--backbone resnet12" in flags
+    assert "--inner_lr 0.01" in flags and "--image_size 14" in flags
