@@ -44,8 +44,8 @@ def classification_loss(apply_fn: Callable[[Params, chex.ArrayTree], chex.Array]
     raised without slowing the step, so the loss is NaN instead (never a finite wrong value:
     a negative label would otherwise index from the end); a NaN guard such as
     ``make_meta_train_step(skip_nonfinite=True)`` or the trainer's ``nan_policy`` catches it.
-    For a checked jitted call, run the step eagerly once, or wrap it with
-    ``jax.experimental.checkify``.
+    To check a data pipeline, call :func:`meta_loss` once outside ``jit``
+    (:func:`check_episodes` then reads the labels).
     """
 
     def loss_fn(params: Params, inputs: chex.ArrayTree, labels: chex.Array):
@@ -321,11 +321,12 @@ def check_episodes(episodes: Episode) -> int:
             )
     num_tasks = jnp.shape(episodes.support_labels)[0]
     for field in ("support", "query"):
-        size = jnp.shape(getattr(episodes, f"{field}_labels"))[:2]
+        label_shape = jnp.shape(getattr(episodes, f"{field}_labels"))
+        size = label_shape[:2]
         if size[0] != num_tasks:
             raise ValueError(
-                f"episodes.{field}_labels has shape {jnp.shape(getattr(episodes, field + '_labels'))}"
-                f"; expected [tasks={num_tasks}, {field}_size] (axis 0 of episodes.support_labels)"
+                f"episodes.{field}_labels has shape {label_shape}; expected [tasks={num_tasks}, "
+                f"{field}_size] (axis 0 of episodes.support_labels)"
             )
         for path, leaf in jax.tree_util.tree_leaves_with_path(getattr(episodes, f"{field}_inputs")):
             if jnp.shape(leaf)[:2] != size:
@@ -580,7 +581,8 @@ def keep_if_finite(
     grads: Params,
     metrics: dict,
 ) -> tuple[Params, optax.OptState, dict]:
-    """The new ``(params, opt_state)`` if ``grads`` and ``metrics["loss"]`` are finite, else the old.
+    """The new ``(params, opt_state)`` if ``grads`` and ``metrics["loss"]`` are finite, else
+    the old ones.
 
     Returns ``(params, opt_state, metrics)`` with ``metrics["finite"]`` a scalar bool.
     """
