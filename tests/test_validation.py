@@ -135,7 +135,7 @@ CASES = [
     ("episode all modalities off",
      lambda p: modality.apply_condition(_episode([[1, 1], [0, 0]]), "both"),
      ValueError, (r"support_inputs\['mask'\] has 1 samples with every modality off \(first at "
-                 r"index \(1,\)\)")),
+                  r"index \(1,\)\)")),
     ("condition leaves nothing",
      lambda p: modality.apply_condition(_episode([[1, 0]]), "strokes_only"),
      ValueError, r"support_inputs\['mask'\] has 1 samples with every modality off"),
@@ -171,37 +171,37 @@ CASES = [
     ("fusion mask nan",
      lambda p: fusion.AttentionFusion(4).init(KEY, FEATURES, ONES.at[0, 0].set(jnp.nan)),
      ValueError, (r"mask of shape \(2, 3\) must hold only 0/1 \(or booleans\); got values "
-                 r"\[1.0, nan\]")),
+                  r"\[1.0, nan\]")),
     ("late params for 2 modalities on 1", lambda p: _fusion_on_other_modalities("late", 1),
      ValueError, (r"LateFusion params were made for 2 modalities \(\['head_0', 'head_1'\]\) but "
-                 r"features and mask give 1 \(features has one array per modality")),
+                  r"features and mask give 1 \(features has one array per modality")),
     ("attention params for 2 modalities on 1",
      lambda p: _fusion_on_other_modalities("attention", 1),
      ValueError, (r"AttentionFusion params were made for 2 modalities \(\['project_0', "
-                 r"'project_1'\]\) but features and mask give 1")),
+                  r"'project_1'\]\) but features and mask give 1")),
     ("cross attention params for 2 modalities on 1",
      lambda p: _fusion_on_other_modalities("cross_attention", 1),
      ValueError, (r"CrossModalAttention params were made for 2 modalities \(\['project_0', "
-                 r"'project_1'\]\) but features and mask give 1")),
+                  r"'project_1'\]\) but features and mask give 1")),
     ("low rank tensor params for 2 modalities on 1",
      lambda p: _fusion_on_other_modalities("low_rank_tensor", 1),
      ValueError, (r"LowRankTensorFusion params were made for 2 modalities \(\['factor_0', "
-                 r"'factor_1'\]\) but features and mask give 1")),
+                  r"'factor_1'\]\) but features and mask give 1")),
     ("hybrid params for 2 modalities on 3", lambda p: _fusion_on_other_modalities("hybrid", 3),
      ValueError, (r"HybridFusion params were made for 2 modalities \(\['head_0', 'head_1'\]\) "
-                 r"but features and mask give 3")),
+                  r"but features and mask give 3")),
     ("gated params for 2 modalities on 1", lambda p: _fusion_on_other_modalities("gated", 1),
      ValueError, (r"GatedFusion params were made for 2 modalities \(\['project_0', "
-                 r"'project_1'\]\) but features and mask give 1")),
+                  r"'project_1'\]\) but features and mask give 1")),
     ("film params for 2 modalities on 3", lambda p: _fusion_on_other_modalities("film", 3),
      ValueError, (r"FiLMFusion params were made for 2 modalities \(\['condition_1'\]\) but "
-                 r"features and mask give 3")),
+                  r"features and mask give 3")),
     ("tensor params for 2 modalities on 1", lambda p: _fusion_on_other_modalities("tensor", 1),
      ValueError, (r"TensorFusion params \(project kernel \(30, 4\)\) take 30 inputs but features "
-                 r"of widths \[4\] give 5")),
+                  r"of widths \[4\] give 5")),
     ("concat params for 2 modalities on 1", lambda p: _fusion_on_other_modalities("concat", 1),
      ValueError, (r"ConcatFusion params \(project kernel \(11, 4\)\) take 11 inputs but the "
-                 r"concatenated features and mask give 5")),
+                  r"concatenated features and mask give 5")),
     ("attention zero width", lambda p: fusion.AttentionFusion(0).init(KEY, FEATURES, ONES),
      ValueError, r"AttentionFusion features_out=0 must be an int >= 1"),
     ("cross attention zero width",
@@ -226,7 +226,7 @@ CASES = [
     ("conv4 uint8 images",
      lambda p: nn.Conv4(features=4).init(KEY, jnp.zeros((2, 8, 8, 1), jnp.uint8)),
      TypeError, (r"Conv4 input x must be floating point; got dtype uint8 \(convert images with "
-                r"x.astype\(jnp.float32\) / 255 for \[0, 1\]\)")),
+                 r"x.astype\(jnp.float32\) / 255 for \[0, 1\]\)")),
     ("conv4 int images",
      lambda p: nn.Conv4(features=4).init(KEY, jnp.zeros((2, 8, 8, 1), jnp.int32)),
      TypeError, r"Conv4 input x must be floating point; got dtype int32"),
@@ -237,14 +237,14 @@ CASES = [
      TypeError, r"inputs\['image'\] must be floating point; got dtype uint8"),
     ("multimodal soft mask", lambda p: _multimodal(mask=0.5),
      ValueError, (r"inputs\['mask'\] must hold only 0/1 \(or booleans\), 1 = modality present; "
-                 r"got values \[0.5\]")),
+                  r"got values \[0.5\]")),
     ("classifier ways", lambda p: nn.Classifier(nn.MLP((4,)), num_classes=0).init(KEY, X),
      ValueError, r"Classifier num_classes=0 must be an int >= 1"),
     ("mlp size", lambda p: nn.MLP((4, 0)).init(KEY, X),
      ValueError, r"MLP hidden_sizes\[1\]=0 must be an int >= 1 \(hidden_sizes=\(4, 0\)\)"),
     ("conv4 rank", lambda p: nn.Conv4(features=4).init(KEY, jnp.zeros((2, 28, 28))),
      ValueError, (r"Conv4 input x must be \[batch, height, width, channels\]; got shape "
-                 r"\(2, 28, 28\)")),
+                  r"\(2, 28, 28\)")),
     ("conv4 features", lambda p: nn.Conv4(features=0).init(KEY, jnp.zeros((2, 28, 28, 1))),
      ValueError, r"Conv4 features=0 must be an int >= 1"),
     ("stroke encoder shape", lambda p: nn.StrokeEncoder().init(KEY, jnp.zeros((2, 10, 4))),
@@ -262,7 +262,7 @@ CASES = [
     ("adapt labels count",
      lambda p: meta.adapt(p, X, Y[:4], loss_fn=_loss(), inner_lr=0.1, num_steps=1),
      ValueError, (r"inputs leaf <root> has shape \(6, 5\) but labels has shape \(4,\); "
-                 r"expected \[4, ...\]")),
+                  r"expected \[4, ...\]")),
     ("float labels", lambda p: _loss()(p, X, Y.astype(jnp.float32)),
      TypeError, r"labels must be integer class ids in \[0, ways\); got dtype float32"),
     ("labels shape", lambda p: _loss()(p, X, Y[:, None]),
@@ -279,28 +279,28 @@ CASES = [
      ValueError, r"inner_lr must be > 0; got -1.0"),
     ("query labels above ways", lambda p: _loss()(p, X, Y + 7),
      ValueError, (r"labels must be class ids in \[0, 3\) \(the logits' 3 classes: the model's "
-                 r"ways\); got values \[7, 8, 9\] \(first at index \(0,\)\)")),
+                  r"ways\); got values \[7, 8, 9\] \(first at index \(0,\)\)")),
     ("negative support labels",
      lambda p: meta.adapt(p, X, Y - 3, loss_fn=_loss(), **SETTINGS),
      ValueError, r"labels must be class ids in \[0, 3\) .*; got values \[-3, -2, -1\]"),
     ("classifier narrower than the ways", lambda p: _loss()(p, X, jnp.arange(6) % 5),
      ValueError, (r"labels must be class ids in \[0, 3\) \(the logits' 3 classes: the model's "
-                 r"ways\); got values \[3, 4\] \(first at index \(3,\)\)")),
+                  r"ways\); got values \[3, 4\] \(first at index \(3,\)\)")),
     ("meta_loss query labels absent from support",
      lambda p: meta.meta_loss(p, TASKS._replace(query_labels=TASKS.query_labels + 7),
                               loss_fn=_loss(), **SETTINGS),
      ValueError, (r"episodes.query_labels of task 0 hold \[7, 8, 9\], absent from its "
-                 r"support_labels \[0, 1, 2\]")),
+                  r"support_labels \[0, 1, 2\]")),
     ("meta_grad negative support labels",
      lambda p: meta.meta_grad(p, TASKS._replace(support_labels=TASKS.support_labels - 3),
                               loss_fn=_loss(), **SETTINGS),
      ValueError, (r"episodes.support_labels must be class ids in \[0, ways\); got negative "
-                 r"values \[-3, -2, -1\]")),
+                  r"values \[-3, -2, -1\]")),
     ("meta_loss without task axis",
      lambda p: meta.meta_loss(p, ONE_TASK, loss_fn=_loss(), **SETTINGS),
      ValueError, (r"episodes.support_labels has shape \(6,\); expected \[tasks, support_size\]: "
-                 r"a batch of episodes has a leading task axis on every leaf \(for one Episode "
-                 r"use task_loss")),
+                  r"a batch of episodes has a leading task axis on every leaf \(for one Episode "
+                  r"use task_loss")),
     ("meta_grad without task axis",
      lambda p: meta.meta_grad(p, ONE_TASK, loss_fn=_loss(), **SETTINGS),
      ValueError, r"episodes.support_labels has shape \(6,\); expected \[tasks, support_size\]"),
@@ -308,14 +308,14 @@ CASES = [
      lambda p: meta.meta_loss(p, TASKS._replace(query_inputs=jnp.ones((3, 6, 5))),
                               loss_fn=_loss(), **SETTINGS),
      ValueError, (r"episodes.query_inputs has shape \(3, 6, 5\); expected \[tasks, query_size, "
-                 r"...\] = \[2, 6, ...\] \(axes 0 and 1 of episodes.query_labels\)")),
+                  r"...\] = \[2, 6, ...\] \(axes 0 and 1 of episodes.query_labels\)")),
     ("task_loss given a task batch",
      lambda p: meta.task_loss(p, TASKS, loss_fn=_loss(), **SETTINGS),
      ValueError, (r"episode.support_labels has shape \(2, 6\); expected \[examples\]: task_loss "
-                 r"takes one Episode without a task axis")),
+                  r"takes one Episode without a task axis")),
     ("params for other inputs", lambda p: _loss()(p, jnp.ones((6, 7)), Y),
      ValueError, (r"params do not fit inputs of shapes \(6, 7\) .*expected to generate shape "
-                 r"\(7, 4\)")),
+                  r"\(7, 4\)")),
     ("infinite rate",
      lambda p: meta.adapt(p, X, Y, loss_fn=_loss(), inner_lr=float("inf"), num_steps=1),
      ValueError, r"inner_lr must be finite; got inf"),
@@ -325,32 +325,32 @@ CASES = [
     ("string rate",
      lambda p: meta.adapt(p, X, Y, loss_fn=_loss(), inner_lr="0.4", num_steps=1),
      TypeError, (r"inner_lr must be a number > 0 or a pytree of per-parameter rates shaped like "
-                r"params; got '0.4' \(str\)")),
+                 r"params; got '0.4' \(str\)")),
     ("meta step string rate",
      lambda p: meta.make_meta_train_step(_loss(), optax.sgd(0.1), inner_lr="0.4", num_steps=1),
      TypeError, r"inner_lr must be a number > 0 .*; got '0.4' \(str\)"),
     ("negative per-parameter rate",
      lambda p: meta.adapt(p, X, Y, loss_fn=_loss(), inner_lr=_rates(-0.1), num_steps=1),
      ValueError, (r"inner_lr leaf \['params'\]\['encoder'\]\['Dense_0'\]\['bias'\] must hold "
-                 r"finite rates > 0; got 1 that are not, e.g. \[-0.1\]")),
+                  r"finite rates > 0; got 1 that are not, e.g. \[-0.1\]")),
     ("nan per-parameter rates",
      lambda p: meta.adapt(p, X, Y, loss_fn=_loss(), num_steps=1,
                           inner_lr=jax.tree.map(lambda x: jnp.full(x.shape, jnp.nan), p)),
      ValueError, (r"inner_lr leaf \['params'\]\['encoder'\]\['Dense_0'\]\['bias'\] must hold "
-                 r"finite rates > 0; got 4 that are not, e.g. \[nan, nan, nan, nan\]")),
+                  r"finite rates > 0; got 4 that are not, e.g. \[nan, nan, nan, nan\]")),
     ("meta step per-parameter rate",
      lambda p: meta.make_meta_train_step(_loss(), optax.sgd(0.1), inner_lr=_rates(0.0),
                                          num_steps=1),
      ValueError, (r"inner_lr leaf \['params'\]\['encoder'\]\['Dense_0'\]\['bias'\] must hold "
-                 r"finite rates > 0; got 1 that are not, e.g. \[0.0\]")),
+                  r"finite rates > 0; got 1 that are not, e.g. \[0.0\]")),
     ("metasgd initial rates",
      lambda p: meta.metasgd_learner(MODEL, inner_lr=_rates(-0.4)).init(KEY, X),
      ValueError, (r"inner_lr leaf \['params'\]\['encoder'\]\['Dense_0'\]\['bias'\] must hold "
-                 r"finite rates > 0; got 1 that are not, e.g. \[-0.4\]")),
+                  r"finite rates > 0; got 1 that are not, e.g. \[-0.4\]")),
     ("string per-parameter rate",
      lambda p: meta.adapt(p, X, Y, loss_fn=_loss(), inner_lr=_rates("0.1"), num_steps=1),
      TypeError, (r"inner_lr leaf \['params'\]\['encoder'\]\['Dense_0'\]\['bias'\] must be a "
-                r"number or a numeric array; got '0.1' \(str\)")),
+                 r"number or a numeric array; got '0.1' \(str\)")),
     ("learner name", lambda p: meta.make_learner("mamll", MODEL),
      ValueError, r"unknown algorithm 'mamll' \(did you mean 'maml'\?\)"),
     ("learner steps", lambda p: meta.maml_learner(MODEL, inner_lr=0.1, num_inner_steps=-1),
@@ -365,7 +365,7 @@ CASES = [
     ("info_nce one pair",
      lambda p: representation.info_nce(jnp.ones((1, 3)), jnp.ones((1, 3)), jnp.zeros(())),
      ValueError, (r"a has shape \(1, 3\); info_nce needs a batch of >= 2 pairs \(each pair's "
-                 r"negatives are the other rows")),
+                  r"negatives are the other rows")),
     ("info_nce no pair",
      lambda p: representation.info_nce(jnp.ones((0, 3)), jnp.ones((0, 3)), jnp.zeros(())),
      ValueError, r"a has shape \(0, 3\); info_nce needs a batch of >= 2 pairs"),
@@ -379,7 +379,7 @@ CASES = [
                                       p, CLASSES, KEY, ways=1, shots=1, queries=1,
                                       num_episodes=4),
      ValueError, (r"ways=1 must be an int >= 2 \(a 1-way episode is classified correctly by any "
-                 r"model: accuracy 100% \+- 0\)")),
+                  r"model: accuracy 100% \+- 0\)")),
     ("config one way", lambda p: loop.validate_config(_config("ways=1")),
      ValueError, r"config.ways must be an int >= 2; got 1 \(a 1-way episode"),
     ("evaluate episodes",
@@ -412,7 +412,7 @@ CASES = [
      ValueError, r"unknown config 'quik'; did you mean 'quick'\?"),
     ("config key", lambda p: mmjax.apply_overrides(_config(), ["optimizer.learning_rat=1e-3"]),
      ValueError, (r"unknown config key 'optimizer.learning_rat'; did you mean "
-                 r"'optimizer.learning_rate'\?")),
+                  r"'optimizer.learning_rate'\?")),
     ("config value type", lambda p: mmjax.apply_overrides(_config(), ["num_steps='many'"]),
      TypeError, r"config key 'num_steps' expects int; got \"'many'\" \(str\)"),
     ("config bool", lambda p: mmjax.apply_overrides(_config(), ["maml.first_order=1"]),
