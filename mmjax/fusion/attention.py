@@ -42,7 +42,9 @@ class AttentionFusion(nn.Module):
 
     @nn.compact
     def __call__(self, features: Sequence[chex.Array], mask: chex.Array) -> jax.Array:
+        common.check_width("AttentionFusion", "features_out", self.features_out)
         features, present = common.prepare(features, mask)
+        common.check_modality_params(self, "project_", len(features))
         projected = jnp.stack(
             [nn.Dense(self.features_out, name=f"project_{m}")(x) for m, x in enumerate(features)]
         )  # [M, batch, d]
@@ -78,12 +80,14 @@ class CrossModalAttention(nn.Module):
 
     @nn.compact
     def __call__(self, features: Sequence[chex.Array], mask: chex.Array) -> jax.Array:
+        common.check_width("CrossModalAttention", "features_out", self.features_out)
         if self.num_heads < 1 or self.features_out % self.num_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} must be positive and divide "
                 f"features_out={self.features_out}."
             )
         features, present = common.prepare(features, mask)
+        common.check_modality_params(self, "project_", len(features))
         num_modalities = len(features)
         head_dim = self.features_out // self.num_heads
         tokens = jnp.stack(

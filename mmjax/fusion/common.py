@@ -13,6 +13,12 @@ Conventions used by every fusion module in :mod:`mmjax.fusion`:
   for it when the mask is concrete (eager calls). Under ``jit``/``vmap``/``grad`` of the mask
   the values are unknown at trace time, so nothing can be raised; there the fusion modules
   return a row of zeros for such a sample (never NaN).
+* A numeric mask must hold only 0 and 1: other values (0.5, 2, NaN) raise ``ValueError`` when
+  the mask is concrete. A traced mask cannot be read, so there **any nonzero value counts as
+  present** (it is a presence flag, never a weight); binarise soft masks yourself.
+* Parameters are tied to the number of modalities (one ``head_m``/``project_m``/... per
+  modality): applying a layer's parameters to a different number of modalities raises
+  ``ValueError`` (:func:`check_modality_params`), at trace time, so also under ``jit``.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Sequence
 
 import chex
 import einops
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,6 +35,64 @@ import numpy as np
 
 def _is_traced(x: chex.Array) -> bool:
     return isinstance(x, jax.core.Tracer)
+
+
+def check_width(module: str, name: str, value: object) -> None:
+    """Raises ``ValueError`` unless the output width ``value`` is an int ``>= 1``.
+
+    ``module`` and ``name`` (e.g. ``"AttentionFusion"``, ``"features_out"``) name it in the
+    message; checked before any parameter is created (jax's initialisers fail obscurely).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{module} {name}={value!r} must be an int >= 1")
+
+
+def check_modality_params(
+    module: nn.Module, prefix: str, num_modalities: int, offset: int = 0
+) -> None:
+    """Checks the bound parameters hold one submodule ``{prefix}{m}`` per modality.
+
+    ``offset``: modalities without such a submodule (FiLM's modulated modality 0).
+
+    A fusion layer creates one submodule per modality (``head_0``, ``head_1``, ...); without
+    this check, parameters made for 2 modalities applied to 1 would silently drop ``head_1``.
+    A no-op while initialising. Reads parameter names only, so it is free under ``jit``.
+
+    Raises:
+      ValueError: naming the layer, the parameter names found and the modality count given.
+    """
+    if module.is_initializing():
+        return
+    names = sorted(
+        k
+        for k in module.variables.get("params", {})
+        if k.startswith(prefix) and k[len(prefix) :].isdigit()
+    )
+    if len(names) != num_modalities - offset:
+        raise ValueError(
+            f"{type(module).__name__} params were made for {len(names) + offset} modalities "
+            f"({names}) but features and mask give {num_modalities} (features has one array "
+            "per modality, mask [num_modalities, batch]); use params initialised for this "
+            "number of modalities"
+        )
+
+
+def check_input_width(module: nn.Module, name: str, width: int, what: str) -> None:
+    """Checks the bound Dense ``name``'s kernel takes ``width`` inputs (free under ``jit``).
+
+    ``what`` says where ``width`` comes from (e.g. the concatenated features), so a layer
+    applied to other modalities than its parameters were made for gets an mmjax message
+    instead of flax's ``ScopeParamShapeError``. A no-op while initialising.
+    """
+    if module.is_initializing() or not module.has_variable("params", name):
+        return
+    kernel = module.variables["params"][name].get("kernel")
+    if kernel is not None and np.shape(kernel)[0] != width:
+        raise ValueError(
+            f"{type(module).__name__} params ({name} kernel {tuple(np.shape(kernel))}) take "
+            f"{np.shape(kernel)[0]} inputs but {what} give {width}; use params initialised for "
+            "these modalities and widths"
+        )
 
 
 def validate_features(features: Sequence[chex.Array], mask: chex.Array) -> tuple[int, int]:
@@ -82,8 +147,8 @@ def check_mask(mask: chex.Array) -> jax.Array:
 
     For a concrete mask (eager call) this raises if a sample has every modality masked or if a
     numeric mask holds values other than 0 and 1. For a traced mask (inside ``jit``, ``vmap``,
-    ...) the values are unknown, so only the rank is checked; the fusion modules then return
-    zeros for an all-masked sample instead of raising.
+    ...) the values are unknown, so only the rank is checked: any nonzero value then counts as
+    present, and the fusion modules return zeros for an all-masked sample instead of raising.
 
     Args:
       mask: ``[M, batch]`` bool or 0/1 numbers.

@@ -33,8 +33,13 @@ class ConcatFusion(nn.Module):
 
     @nn.compact
     def __call__(self, features: Sequence[chex.Array], mask: chex.Array) -> jax.Array:
+        if self.features_out is not None:
+            common.check_width("ConcatFusion", "features_out", self.features_out)
         features, present = common.prepare(features, mask)
         fused = common.concat_masked(features, present, indicators=True)
         if self.features_out is not None:
+            common.check_input_width(
+                self, "project", fused.shape[-1], "the concatenated features and mask"
+            )
             fused = nn.Dense(self.features_out, name="project")(fused)
         return common.zero_all_masked(fused, present)

@@ -54,12 +54,14 @@ class FiLMFusion(nn.Module):
 
     @nn.compact
     def __call__(self, features: Sequence[chex.Array], mask: chex.Array) -> jax.Array:
+        common.check_width("FiLMFusion", "features_out", self.features_out)
         features, present = common.prepare(features, mask)
         if len(features) < 2:
             raise ValueError(
                 f"FiLMFusion needs features for >= 2 modalities (modality 0 is modulated by the "
                 f"others); got {len(features)} with shapes {[tuple(x.shape) for x in features]}."
             )
+        common.check_modality_params(self, "condition_", len(features), offset=1)
         projected = nn.Dense(self.features_out, name="project")(features[0])
         modulation = jnp.stack(
             [

@@ -39,7 +39,9 @@ class GatedFusion(nn.Module):
 
     @nn.compact
     def __call__(self, features: Sequence[chex.Array], mask: chex.Array) -> jax.Array:
+        common.check_width("GatedFusion", "features_out", self.features_out)
         features, present = common.prepare(features, mask)
+        common.check_modality_params(self, "project_", len(features))
         context = common.concat_masked(features, present, indicators=True)
         hidden = jnp.stack(
             [

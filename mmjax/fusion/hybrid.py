@@ -39,7 +39,9 @@ class HybridFusion(nn.Module):
     @nn.compact
     def __call__(self, features: Sequence[chex.Array], mask: chex.Array) -> jax.Array:
         late.check_weighting(self.weighting)
+        common.check_width("HybridFusion", "num_classes", self.num_classes)
         features, present = common.prepare(features, mask)
+        common.check_modality_params(self, "head_", len(features))
         early = nn.Dense(self.num_classes, name="early_head")(
             common.concat_masked(features, present, indicators=True)
         )

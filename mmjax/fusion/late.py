@@ -64,7 +64,9 @@ class LateFusion(nn.Module):
     @nn.compact
     def __call__(self, features: Sequence[chex.Array], mask: chex.Array) -> jax.Array:
         check_weighting(self.weighting)
+        common.check_width("LateFusion", "num_classes", self.num_classes)
         features, present = common.prepare(features, mask)
+        common.check_modality_params(self, "head_", len(features))
         logits = jnp.stack(
             [nn.Dense(self.num_classes, name=f"head_{m}")(x) for m, x in enumerate(features)]
         )

@@ -47,6 +47,7 @@ class TensorFusion(nn.Module):
 
     @nn.compact
     def __call__(self, features: Sequence[chex.Array], mask: chex.Array) -> jax.Array:
+        common.check_width("TensorFusion", "features_out", self.features_out)
         features, present = common.prepare(features, mask)
         size = math.prod(x.shape[-1] + 1 for x in features)
         if size > self.max_tensor_size:
@@ -55,6 +56,9 @@ class TensorFusion(nn.Module):
                 f"of size {size} > max_tensor_size={self.max_tensor_size}; project the features "
                 "to smaller widths first (or raise max_tensor_size)."
             )
+        common.check_input_width(
+            self, "project", size, f"features of widths {[x.shape[-1] for x in features]}"
+        )
         augmented = append_one(features)
         product = augmented[0]
         for z in augmented[1:]:
@@ -88,9 +92,11 @@ class LowRankTensorFusion(nn.Module):
 
     @nn.compact
     def __call__(self, features: Sequence[chex.Array], mask: chex.Array) -> jax.Array:
+        common.check_width("LowRankTensorFusion", "features_out", self.features_out)
         if self.rank < 1:
             raise ValueError(f"rank must be >= 1; got {self.rank}.")
         features, present = common.prepare(features, mask)
+        common.check_modality_params(self, "factor_", len(features))
         # Fan-in D_m + 1 per rank, variance scaled by rank**(-1/M): each rank-one term starts with
         # variance about 1/rank, so their sum starts at unit scale.
         init = nn.initializers.variance_scaling(

@@ -22,8 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax.errors import ScopeParamShapeError
 
 from mmjax.data.episodes import Episode
+from mmjax.validation import check_labels, is_concrete, is_real_number
 
 Params = Any
 LossFn = Callable[[Params, chex.ArrayTree, chex.Array], tuple[chex.Array, dict]]
@@ -35,6 +37,15 @@ def classification_loss(apply_fn: Callable[[Params, chex.ArrayTree], chex.Array]
     Returns ``loss_fn(params, inputs, labels) -> (loss, {"loss", "accuracy"})`` with
     ``inputs`` leaves ``[batch, ...]``, ``labels: [batch]`` ints in ``[0, ways)`` and logits
     ``[batch, ways]``; ``loss`` and ``accuracy`` are scalar means over the batch.
+
+    Labels outside ``[0, ways)`` (``ways`` = the logits' last axis, e.g. a ``Classifier``
+    whose ``num_classes`` is not the episode's ways) raise ``ValueError`` when the labels are
+    concrete (eager calls). When they are traced (inside ``jit``/``vmap``) nothing can be
+    raised without slowing the step, so the loss is NaN instead (never a finite wrong value:
+    a negative label would otherwise index from the end); a NaN guard such as
+    ``make_meta_train_step(skip_nonfinite=True)`` or the trainer's ``nan_policy`` catches it.
+    To check a data pipeline, call :func:`meta_loss` once outside ``jit``
+    (:func:`check_episodes` then reads the labels).
     """
 
     def loss_fn(params: Params, inputs: chex.ArrayTree, labels: chex.Array):
@@ -42,24 +53,42 @@ def classification_loss(apply_fn: Callable[[Params, chex.ArrayTree], chex.Array]
             raise TypeError(
                 f"labels must be integer class ids in [0, ways); got dtype {jnp.result_type(labels)}"
             )
-        logits = apply_fn(params, inputs)
+        try:
+            logits = apply_fn(params, inputs)
+        except ScopeParamShapeError as error:
+            shapes = jax.tree.map(jnp.shape, inputs)
+            raise ValueError(
+                f"params do not fit inputs of shapes {shapes} (leading axis: examples of one "
+                f"task; a task axis belongs outside, see meta_loss): {error}"
+            ) from error
         if jnp.shape(labels) != jnp.shape(logits)[:-1]:
             raise ValueError(
                 f"labels has shape {jnp.shape(labels)}; expected {jnp.shape(logits)[:-1]}, "
                 f"one label per row of the logits {jnp.shape(logits)}"
             )
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        ways = jnp.shape(logits)[-1]
+        check_labels(labels, ways, why=f" (the logits' {ways} classes: the model's ways)")
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        if not is_concrete(labels):  # traced: an out-of-range label makes the loss NaN
+            losses = jnp.where((labels >= 0) & (labels < ways), losses, jnp.nan)
+        loss = losses.mean()
         accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
         return loss, {"loss": loss, "accuracy": accuracy}
 
     return loss_fn
 
 
-def check_inner_lr(inner_lr: float | Params, params: Params) -> None:
+def check_inner_lr(inner_lr: float | Params, params: Params, *, signed: bool = False) -> None:
     """Checks a per-parameter learning-rate pytree against ``params`` (Meta-SGD style).
 
-    A scalar is always accepted. Raises ``ValueError`` naming the first leaf whose path or
-    shape differs.
+    A scalar is always accepted here (:func:`adapt` checks its value). A pytree must have the
+    structure of ``params``, each leaf of shape ``()`` or that of its parameter, and (when
+    concrete) entries that are finite and ``> 0``; ``signed=True`` allows negative entries
+    (Meta-SGD's meta-learned rates, which also learn the update's direction).
+
+    Raises:
+      ValueError: naming the first leaf whose path, shape or values are wrong.
+      TypeError: a leaf that is not a number or a numeric array.
     """
     if _is_scalar(inner_lr):
         return
@@ -69,7 +98,7 @@ def check_inner_lr(inner_lr: float | Params, params: Params) -> None:
         name = jax.tree_util.keystr(path)
         if path not in lr_leaves:
             raise ValueError(f"inner_lr has no leaf {name}; it must be a scalar or match params")
-        lr_shape = jnp.shape(lr_leaves[path])
+        lr_shape = np.shape(lr_leaves[path])
         if lr_shape not in ((), jnp.shape(leaf)):
             raise ValueError(
                 f"inner_lr leaf {name} has shape {lr_shape}; expected () or {jnp.shape(leaf)}"
@@ -77,6 +106,34 @@ def check_inner_lr(inner_lr: float | Params, params: Params) -> None:
     extra = [jax.tree_util.keystr(p) for p in lr_leaves if p not in param_leaves]
     if extra:
         raise ValueError(f"inner_lr has leaves absent from params: {extra}")
+    _check_rate_values(inner_lr, signed=signed)
+
+
+def _check_rate_values(inner_lr: Params, *, signed: bool) -> None:
+    """Every concrete leaf of a rate pytree is a finite number (and ``> 0`` unless signed)."""
+    for path, rate in jax.tree_util.tree_leaves_with_path(inner_lr):
+        name = jax.tree_util.keystr(path)
+        if not (is_real_number(rate) or _is_numeric_array(rate)):
+            raise TypeError(
+                f"inner_lr leaf {name} must be a number or a numeric array; got {rate!r} "
+                f"({type(rate).__name__})"
+            )
+        if not is_concrete(rate):
+            continue
+        values = np.asarray(rate, np.float64)
+        bad = ~np.isfinite(values) if signed else ~(np.isfinite(values) & (values > 0))
+        if np.any(bad):
+            raise ValueError(
+                f"inner_lr leaf {name} must hold finite rates{'' if signed else ' > 0'}; got "
+                f"{int(bad.sum())} that are not, e.g. {values[bad].ravel()[:4].tolist()}"
+            )
+
+
+def _is_numeric_array(x: Any) -> bool:
+    dtype = getattr(x, "dtype", None)
+    return dtype is not None and (
+        jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+    )
 
 
 def _is_scalar(x: Any) -> bool:
@@ -100,6 +157,7 @@ def adapt(
     first_order: bool = False,
     remat: bool = False,
     unroll: int | bool = 1,
+    signed_rates: bool = False,
 ) -> tuple[Params, chex.Array]:
     """Runs ``num_steps`` of SGD on ``loss_fn`` from ``params`` (MAML's inner loop).
 
@@ -116,13 +174,15 @@ def adapt(
       unroll: ``lax.scan`` unroll factor of the inner loop (``True``: fully unrolled). Same
         result; fully unrolled, XLA's ``cost_analysis()`` counts every inner step (a rolled
         loop's body is counted once), and small loops may run faster on CPU.
+      signed_rates: accept negative per-parameter rates (Meta-SGD's meta-learned ones); by
+        default every concrete rate must be finite and ``> 0`` (NaN/inf are always refused).
 
     Returns:
       ``(adapted_params, losses)`` with ``losses: [num_steps]`` the support loss before
       each step.
     """
-    _check_settings(inner_lr=inner_lr, num_steps=num_steps)
-    check_inner_lr(inner_lr, params)
+    _check_settings(inner_lr=inner_lr, num_steps=num_steps, signed=signed_rates)
+    check_inner_lr(inner_lr, params, signed=signed_rates)
     _check_support(inputs, labels)
 
     def step(current, _):
@@ -147,15 +207,24 @@ def task_loss(
     first_order: bool = False,
     remat: bool = False,
     unroll: int | bool = 1,
+    signed_rates: bool = False,
 ) -> tuple[chex.Array, dict]:
     """Adapts on the support set, then returns the query loss and metrics of one task.
 
     ``episode`` is one `Episode` (support leaves ``[ways * shots, ...]``, query leaves
     ``[ways * queries, ...]``, no task axis); the loss and metrics are scalars.
+    ``signed_rates``: see :func:`adapt`.
 
     Metrics: the query metrics of ``loss_fn`` after adaptation, plus ``support_loss``
     (the support loss before adaptation; equals the query-free loss when ``num_steps=0``).
     """
+    for field in ("support_labels", "query_labels"):
+        labels = getattr(episode, field)
+        if jnp.issubdtype(jnp.result_type(labels), jnp.integer) and jnp.ndim(labels) != 1:
+            raise ValueError(
+                f"episode.{field} has shape {jnp.shape(labels)}; expected [examples]: "
+                "task_loss takes one Episode without a task axis (meta_loss takes a batch)"
+            )
     adapted, inner_losses = adapt(
         params,
         episode.support_inputs,
@@ -166,6 +235,7 @@ def task_loss(
         first_order=first_order,
         remat=remat,
         unroll=unroll,
+        signed_rates=signed_rates,
     )
     loss, metrics = loss_fn(adapted, episode.query_inputs, episode.query_labels)
     metrics = dict(metrics)
@@ -221,6 +291,76 @@ def _num_tasks(episodes: chex.ArrayTree) -> int:
     return jnp.shape(leaves[0])[0]
 
 
+def check_episodes(episodes: Episode) -> int:
+    """Checks a task batch: every leaf ``[tasks, ...]``, one label per example of each set.
+
+    Static (free under ``jit``): ``support_labels: [tasks, support_size]``, ``query_labels:
+    [tasks, query_size]`` and every input leaf ``[tasks, set_size, ...]``. When the labels
+    are concrete integers (eager calls) they must also be ``>= 0`` and every query label must
+    occur in its task's support labels (a class with no support example cannot be learned).
+    A pytree that is not an `Episode` only needs a common leading task axis.
+
+    Returns:
+      The number of tasks.
+
+    Raises:
+      ValueError: naming the field, its shape and the axis that is wrong.
+    """
+    if not isinstance(episodes, Episode):
+        return _num_tasks(episodes)
+    hint = (
+        "a batch of episodes has a leading task axis on every leaf (for one Episode use "
+        "task_loss, or add the axis with jax.tree.map(lambda x: x[None], episode))"
+    )
+    for field in ("support", "query"):
+        shape = jnp.shape(getattr(episodes, f"{field}_labels"))
+        if len(shape) < 2:
+            raise ValueError(
+                f"episodes.{field}_labels has shape {shape}; expected [tasks, {field}_size]: "
+                + hint
+            )
+    num_tasks = jnp.shape(episodes.support_labels)[0]
+    for field in ("support", "query"):
+        label_shape = jnp.shape(getattr(episodes, f"{field}_labels"))
+        size = label_shape[:2]
+        if size[0] != num_tasks:
+            raise ValueError(
+                f"episodes.{field}_labels has shape {label_shape}; expected [tasks={num_tasks}, "
+                f"{field}_size] (axis 0 of episodes.support_labels)"
+            )
+        for path, leaf in jax.tree_util.tree_leaves_with_path(getattr(episodes, f"{field}_inputs")):
+            if jnp.shape(leaf)[:2] != size:
+                raise ValueError(
+                    f"episodes.{field}_inputs{jax.tree_util.keystr(path)} has shape "
+                    f"{jnp.shape(leaf)}; expected [tasks, {field}_size, ...] = [{size[0]}, "
+                    f"{size[1]}, ...] (axes 0 and 1 of episodes.{field}_labels): " + hint
+                )
+    support, query = episodes.support_labels, episodes.query_labels
+    if (
+        is_concrete(support)
+        and is_concrete(query)
+        and jnp.issubdtype(jnp.result_type(support), jnp.integer)
+        and jnp.issubdtype(jnp.result_type(query), jnp.integer)
+        and np.ndim(support) == np.ndim(query) == 2
+    ):
+        support, query = np.asarray(support), np.asarray(query)
+        for field, values in (("support_labels", support), ("query_labels", query)):
+            if np.any(values < 0):
+                raise ValueError(
+                    f"episodes.{field} must be class ids in [0, ways); got negative values "
+                    f"{np.unique(values[values < 0])[:8].tolist()}"
+                )
+        for task in range(num_tasks):
+            missing = np.setdiff1d(query[task], support[task])
+            if missing.size:
+                raise ValueError(
+                    f"episodes.query_labels of task {task} hold {missing[:8].tolist()}, absent "
+                    f"from its support_labels {np.unique(support[task])[:8].tolist()}: labels "
+                    "must be class ids in [0, ways), each with support examples"
+                )
+    return num_tasks
+
+
 def map_over_tasks(
     fn: Callable, params: Params, episodes: Episode, task_batching: str | int = "auto"
 ) -> Any:
@@ -229,6 +369,7 @@ def map_over_tasks(
     ``episodes`` leaves are ``[tasks, ...]``; ``task_batching`` as in
     :func:`resolve_task_batching`.
     """
+    check_episodes(episodes)
     chunk = _chunk_size(task_batching)
     if chunk is None:
         return jax.vmap(fn, in_axes=(None, 0))(params, episodes)
@@ -258,6 +399,7 @@ def grad_over_tasks(
     gradient of its own tasks and adds it to the carry, so the backward pass of one chunk
     runs while its activations are still in cache and nothing is kept across chunks.
     """
+    check_episodes(episodes)
     chunk = _chunk_size(task_batching)
     if chunk is None:
         (_, metrics), grads = jax.value_and_grad(
@@ -397,26 +539,98 @@ def make_meta_train_step(
     unroll: int | bool = 1,
     task_batching: str | int = "auto",
     jit: bool = True,
+    donate: bool = True,
+    skip_nonfinite: bool = False,
 ):
     """Builds ``step(params, opt_state, episodes) -> (params, opt_state, metrics)``.
 
     The whole meta-step (map over tasks by ``task_batching``, inner scan, outer gradient,
-    optimizer update) is one ``jax.jit`` when ``jit`` is true; ``params`` and ``opt_state``
-    are donated (reuse the returned ones).
+    optimizer update) is one ``jax.jit`` when ``jit`` is true.
+
+    Args:
+      loss_fn, optimizer, inner_lr, num_steps, first_order, remat, unroll, task_batching:
+        the meta-step's settings (see :func:`adapt` and :func:`resolve_task_batching`).
+      jit: compile the step with ``jax.jit``.
+      donate: with ``jit``, donate ``params`` and ``opt_state`` (their buffers are reused for
+        the outputs, saving a copy of each): the arrays passed in are deleted by the call, so
+        keep only the returned ones. If a step can go wrong (NaN/inf in the inputs, an
+        untested loss) and the input parameters must survive it, pass ``donate=False`` or
+        ``skip_nonfinite=True``.
+      skip_nonfinite: when the meta-gradient or ``metrics["loss"]`` is not finite, return the
+        input ``params`` and ``opt_state`` unchanged (the update is skipped, as the trainer's
+        ``nan_policy="skip"``) and set ``metrics["finite"]`` to ``False``; costs one
+        reduction over the gradient. Safe with ``donate``: the last good parameters are
+        what the step returns.
     """
     _check_settings(inner_lr=inner_lr, num_steps=num_steps)
     resolve_task_batching(task_batching)  # validates before tracing
-    step = MetaStep(
+    settings = MetaStep(
         loss_fn, optimizer, inner_lr, num_steps, first_order, remat, unroll, task_batching
-    ).__call__
-    return jax.jit(step, donate_argnums=(0, 1)) if jit else step
+    )
+    step = guarded_meta_step(settings) if skip_nonfinite else settings.__call__
+    if not jit:
+        return step
+    return jax.jit(step, donate_argnums=(0, 1) if donate else ())
 
 
-def _check_settings(*, inner_lr, num_steps) -> None:
-    """Static settings, checked before tracing (a traced ``inner_lr`` is not inspected)."""
+def keep_if_finite(
+    params: Params,
+    opt_state: optax.OptState,
+    new_params: Params,
+    new_opt_state: optax.OptState,
+    grads: Params,
+    metrics: dict,
+) -> tuple[Params, optax.OptState, dict]:
+    """The new ``(params, opt_state)`` if ``grads`` and ``metrics["loss"]`` are finite, else
+    the old ones.
+
+    Returns ``(params, opt_state, metrics)`` with ``metrics["finite"]`` a scalar bool.
+    """
+    checked = (grads, metrics["loss"]) if "loss" in metrics else grads
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(checked)]))
+
+    def pick(new, old):
+        return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+    metrics = {**metrics, "finite": finite}
+    return pick(new_params, params), pick(new_opt_state, opt_state), metrics
+
+
+def guarded_meta_step(settings: MetaStep, axis_name: str | None = None) -> Callable:
+    """``settings``' meta-step that skips a non-finite update (:func:`keep_if_finite`).
+
+    With ``axis_name`` (inside ``pmap``) the gradient and metrics are averaged over that
+    axis first, so every device makes the same decision.
+    """
+
+    def step(params, opt_state, episodes):
+        grads, metrics = settings.grad(params, episodes)
+        if axis_name is not None:
+            grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
+        new_params, new_opt_state = settings.apply(params, opt_state, grads)
+        return keep_if_finite(params, opt_state, new_params, new_opt_state, grads, metrics)
+
+    return step
+
+
+def _check_settings(*, inner_lr, num_steps, signed: bool = False) -> None:
+    """Static settings, checked before tracing (a traced ``inner_lr`` is not inspected).
+
+    ``signed=True`` accepts negative per-parameter rates (Meta-SGD's learned ones).
+    """
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
         raise ValueError(f"num_steps must be an int >= 0; got {num_steps!r}")
-    if _is_scalar(inner_lr) and not isinstance(inner_lr, jax.core.Tracer):
+    is_leaf = jax.tree_util.all_leaves([inner_lr]) or not jax.tree.leaves(inner_lr)
+    if is_leaf and not (is_real_number(inner_lr) or _is_numeric_array(inner_lr)):
+        raise TypeError(
+            "inner_lr must be a number > 0 or a pytree of per-parameter rates shaped like "
+            f"params; got {inner_lr!r} ({type(inner_lr).__name__})"
+        )
+    if not _is_scalar(inner_lr):
+        _check_rate_values(inner_lr, signed=signed)
+    elif is_concrete(inner_lr):
+        if not np.isfinite(float(inner_lr)):
+            raise ValueError(f"inner_lr must be finite; got {inner_lr!r}")
         if not float(inner_lr) > 0:
             raise ValueError(f"inner_lr must be > 0; got {inner_lr!r}")
 

@@ -22,16 +22,18 @@ from mmjax.meta.learner import MetaLearner, Params, register
 def init_inner_lr(inner_lr: float | Params, params: Params) -> Params:
     """Full per-parameter rates shaped like ``params`` from a scalar or a (checked) pytree.
 
-    A pytree may hold scalar leaves (one rate per tensor), which are broadcast.
+    A pytree may hold scalar leaves (one rate per tensor), which are broadcast. Every
+    initial rate must be finite and ``> 0`` (the meta-learned ones may later turn negative).
 
     Raises:
-      ValueError: the pytree's structure or a leaf's shape differs from ``params`` (the
-        message names the leaf, see :func:`mmjax.meta.maml.check_inner_lr`).
+      ValueError: the pytree's structure or a leaf's shape differs from ``params``, or a rate
+        is not finite and ``> 0`` (the message names the leaf, see
+        :func:`mmjax.meta.maml.check_inner_lr`).
+      TypeError: ``inner_lr`` is not a number or a pytree of numbers.
     """
+    maml._check_settings(inner_lr=inner_lr, num_steps=0)  # type, and a scalar's value
     maml.check_inner_lr(inner_lr, params)
     if maml._is_scalar(inner_lr):
-        if not float(inner_lr) > 0:
-            raise ValueError(f"inner_lr must be > 0; got {inner_lr!r}")
         return jax.tree.map(lambda p: jnp.full(jnp.shape(p), inner_lr, jnp.result_type(p)), params)
     lr_by_path = dict(jax.tree_util.tree_leaves_with_path(inner_lr))
     return jax.tree_util.tree_map_with_path(
@@ -47,7 +49,13 @@ def task_loss(meta_params: Params, episode: Episode, **kwargs) -> tuple[chex.Arr
 
     ``kwargs``: ``loss_fn``, ``num_steps``, ``first_order``; scalar loss and metrics.
     """
-    return maml.task_loss(meta_params["model"], episode, inner_lr=meta_params["inner_lr"], **kwargs)
+    return maml.task_loss(
+        meta_params["model"],
+        episode,
+        inner_lr=meta_params["inner_lr"],
+        signed_rates=True,  # learned rates may turn negative (they learn the direction too)
+        **kwargs,
+    )
 
 
 def meta_loss(

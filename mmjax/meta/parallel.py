@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mmjax.meta.maml import LossFn, MetaStep, _check_settings
+from mmjax.meta.maml import LossFn, MetaStep, _check_settings, guarded_meta_step
 
 TASK_AXIS = "tasks"
 
@@ -73,6 +73,8 @@ def make_pmap_meta_train_step(
     remat: bool = False,
     axis_name: str = "devices",
     task_batching: str | int = "auto",
+    donate: bool = True,
+    skip_nonfinite: bool = False,
 ):
     """Builds a ``pmap``-ed ``step(params, opt_state, episodes)``.
 
@@ -80,7 +82,10 @@ def make_pmap_meta_train_step(
     ``flax.jax_utils.replicate``); every ``episodes`` leaf is ``[devices, tasks_per_device,
     ...]`` (see :func:`shard_for_pmap`). Gradients and metrics are averaged with
     ``lax.pmean``, so every device applies the same update. ``task_batching`` maps each
-    device's tasks (see :func:`mmjax.meta.maml.resolve_task_batching`).
+    device's tasks (see :func:`mmjax.meta.maml.resolve_task_batching`). ``donate`` (the
+    inputs ``params``/``opt_state`` are deleted by the call) and ``skip_nonfinite`` (keep
+    them when the averaged gradient or loss is not finite; ``metrics["finite"]``): as in
+    :func:`mmjax.meta.maml.make_meta_train_step`.
     """
     _check_settings(inner_lr=inner_lr, num_steps=num_steps)
     settings = MetaStep(
@@ -93,7 +98,9 @@ def make_pmap_meta_train_step(
         params, opt_state = settings.apply(params, opt_state, grads)
         return params, opt_state, metrics
 
-    return jax.pmap(step, axis_name=axis_name, donate_argnums=(0, 1))
+    if skip_nonfinite:
+        step = guarded_meta_step(settings, axis_name)
+    return jax.pmap(step, axis_name=axis_name, donate_argnums=(0, 1) if donate else ())
 
 
 def make_sharded_meta_train_step(
@@ -106,6 +113,8 @@ def make_sharded_meta_train_step(
     first_order: bool = False,
     remat: bool = False,
     task_batching: str | int = "vmap",
+    donate: bool = True,
+    skip_nonfinite: bool = False,
 ):
     """Builds a ``jit`` step whose task batch is sharded over ``mesh`` (axis ``"tasks"``).
 
@@ -114,7 +123,10 @@ def make_sharded_meta_train_step(
     ``(step, place_episodes, place_replicated)``: the last two put host arrays on the mesh
     with the right sharding (they also work multi-host, every process passing the same
     global arrays). ``task_batching`` defaults to ``"vmap"``: the task axis is the one
-    sharded, and a scanned axis cannot be split over devices.
+    sharded, and a scanned axis cannot be split over devices. ``donate`` (the inputs
+    ``params``/``opt_state`` are deleted by the call) and ``skip_nonfinite`` (keep them when
+    the gradient or loss is not finite; ``metrics["finite"]``): as in
+    :func:`mmjax.meta.maml.make_meta_train_step`.
     """
     _check_settings(inner_lr=inner_lr, num_steps=num_steps)
     mesh = task_mesh() if mesh is None else mesh
@@ -125,10 +137,10 @@ def make_sharded_meta_train_step(
     by_task = NamedSharding(mesh, P(TASK_AXIS))
 
     jitted = jax.jit(
-        settings.__call__,
+        guarded_meta_step(settings) if skip_nonfinite else settings.__call__,
         in_shardings=(replicated, replicated, by_task),
         out_shardings=(replicated, replicated, replicated),
-        donate_argnums=(0, 1),
+        donate_argnums=(0, 1) if donate else (),
     )
 
     def place_episodes(episodes):

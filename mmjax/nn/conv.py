@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from mmjax.nn.conv_norm import conv_batch_norm_relu
 from mmjax.nn.norm import batch_norm
+from mmjax.validation import check_float_dtype
 
 CONV_IMPLS = ("auto", "im2col", "lax")
 
@@ -228,7 +229,8 @@ class Conv4(nn.Module):
     pass skips four passes over the network's largest activations; same function and
     parameters, gradients equal up to rounding.
 
-    Call: ``x: [batch, height, width, channels] -> [batch, features]``.
+    Call: ``x: [batch, height, width, channels] -> [batch, features]``; ``x`` must be
+    floating point (integer images, e.g. ``uint8`` 0..255, raise ``TypeError``: scale them).
     """
 
     features: int = 64
@@ -243,6 +245,7 @@ class Conv4(nn.Module):
             raise ValueError(
                 f"Conv4 input x must be [batch, height, width, channels]; got shape {x.shape}"
             )
+        check_float_dtype(x, "Conv4 input x")
         if self.pool not in ("stride", "max"):
             raise ValueError(f"pool={self.pool!r} is not one of ('stride', 'max')")
         for name in ("features", "num_blocks"):

@@ -32,11 +32,13 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mmjax.data.modality import MODALITIES  # column m of the mask = fusion feature m
 from mmjax.fusion.registry import FUSION_METHODS, make_fusion
 from mmjax.nn.conv import Conv4
 from mmjax.nn.sequence import StrokeEncoder
+from mmjax.validation import check_float_dtype, is_concrete
 
 LOGIT_FUSIONS = ("late", "hybrid")
 """Fusion layers whose output is logits; built with ``num_classes=features``."""
@@ -57,8 +59,11 @@ def check_inputs(inputs: Any) -> None:
     """Checks the static structure of a multimodal batch (see the module docstring).
 
     Raises:
-      ValueError: ``inputs`` is not a dict with keys image, strokes and mask, or the shapes
-        disagree with ``image [B, H, W, C]``, ``strokes [B, L, 3]``, ``mask [B, 2]``.
+      ValueError: ``inputs`` is not a dict with keys image, strokes and mask, the shapes
+        disagree with ``image [B, H, W, C]``, ``strokes [B, L, 3]``, ``mask [B, 2]``, or a
+        concrete mask (eager call) holds values other than 0/1. A traced mask (inside
+        ``jit``) cannot be read: there any nonzero value counts as present.
+      TypeError: ``image`` or ``strokes`` is not floating point (e.g. ``uint8`` images).
     """
     if not isinstance(inputs, dict) or set(inputs) != {*MODALITIES, "mask"}:
         got = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
@@ -76,6 +81,15 @@ def check_inputs(inputs: Any) -> None:
             f"inputs['mask'] has shape {mask}; expected [batch, modalities] = "
             f"({batch}, {len(MODALITIES)})"
         )
+    for name in MODALITIES:
+        check_float_dtype(inputs[name], f"inputs[{name!r}]")
+    if is_concrete(inputs["mask"]):
+        values = np.asarray(inputs["mask"])
+        if values.dtype != np.bool_ and not np.all((values == 0) | (values == 1)):
+            raise ValueError(
+                f"inputs['mask'] must hold only 0/1 (or booleans), 1 = modality present; got "
+                f"values {np.unique(values[(values != 0) & (values != 1)])[:8].tolist()}"
+            )
 
 
 class MultimodalEncoder(nn.Module):

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.nn.conv import resolve_conv_impl
+from mmjax.validation import check_float_dtype
 
 KINDS = ("conv", "gru", "transformer")
 
@@ -210,8 +211,8 @@ class StrokeEncoder(nn.Module):
       conv_impl: ``"auto"``, ``"im2col"`` or ``"lax"`` (``"conv"`` only).
 
     Call:
-      ``x: [batch, length, 3]``, optional ``lengths: [batch]`` valid steps per sequence ->
-      ``[batch, features]``.
+      ``x: [batch, length, 3]`` floating point, optional ``lengths: [batch]`` valid steps per
+      sequence -> ``[batch, features]``.
     """
 
     features: int = 64
@@ -230,6 +231,7 @@ class StrokeEncoder(nn.Module):
             raise ValueError(
                 f"x has shape {shape}; expected [batch, length, 3] (dx, dy, pen_lift)."
             )
+        check_float_dtype(x, "StrokeEncoder input x")
         if lengths is not None and tuple(jnp.shape(lengths)) != shape[:1]:
             raise ValueError(
                 f"lengths has shape {tuple(jnp.shape(lengths))}; expected [batch] = ({shape[0]},) "

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax.validation import is_concrete
+
 DEFAULT_TEMPERATURE = 0.07
 
 
@@ -58,6 +60,11 @@ def info_nce(
     Returns:
       ``(loss, metrics)``: the mean of both directions' cross-entropy over the valid pairs,
       and ``{"loss", "temperature", "accuracy"}`` (top-1 matching accuracy a->b).
+
+    Raises:
+      ValueError: a batch of fewer than 2 pairs, or a concrete ``valid`` with fewer than 2
+        valid pairs (the loss would be 0 with zero gradient); a traced ``valid`` cannot be
+        read, and gives loss 0 then.
     """
     a_shape, b_shape = tuple(np.shape(a)), tuple(np.shape(b))
     if len(a_shape) != 2:
@@ -69,10 +76,20 @@ def info_nce(
             f"log_temperature has shape {np.shape(log_temperature)}; expected a scalar"
         )
     batch = a_shape[0]
+    if batch < 2:
+        raise ValueError(
+            f"a has shape {a_shape}; info_nce needs a batch of >= 2 pairs (each pair's "
+            "negatives are the other rows: with one pair the loss is 0 with zero gradient)"
+        )
     if valid is None:
         valid = jnp.ones((batch,), bool)
     elif tuple(np.shape(valid)) != (batch,):
         raise ValueError(f"valid has shape {tuple(np.shape(valid))}; expected [batch] = ({batch},)")
+    elif is_concrete(valid) and np.count_nonzero(np.asarray(valid)) < 2:
+        raise ValueError(
+            f"valid marks {np.count_nonzero(np.asarray(valid))} of {batch} pairs as valid; "
+            "info_nce needs >= 2 valid pairs (a traced valid with fewer gives loss 0)"
+        )
     valid = jnp.asarray(valid).astype(bool)
     a = l2_normalize(jnp.where(valid[:, None], a, 0.0))
     b = l2_normalize(jnp.where(valid[:, None], b, 0.0))

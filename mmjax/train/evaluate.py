@@ -68,6 +68,7 @@ def evaluate_learner(
       params: meta-parameters.
       data: device pytree, leaves ``[classes, examples, ...]`` (e.g. the test split).
       key: PRNG key for episode sampling (same key, same episodes).
+      ways, shots, queries: the episodes' sizes (``ways >= 2``).
       num_episodes: number of episodes (>= 2); sampled in ``vmap``-ed batches.
       batch_size: episodes per ``vmap``-ed batch.
       progress: show a tqdm bar over the batches.
@@ -86,6 +87,11 @@ def evaluate_learner(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     validate_episode_spec(*classes_and_examples(data), ways=ways, shots=shots, queries=queries)
+    if ways < 2:
+        raise ValueError(
+            f"ways={ways!r} must be an int >= 2 (a 1-way episode is classified correctly by any "
+            "model: accuracy 100% +- 0)"
+        )
     batch_size = min(batch_size, num_episodes)
     num_batches = -(-num_episodes // batch_size)
     accuracies, losses = [], []

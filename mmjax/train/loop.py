@@ -78,6 +78,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for name, value in positive.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"config.{name} must be an int >= 1; got {value!r}")
+    if config.ways < 2:
+        raise ValueError(
+            f"config.ways must be an int >= 2; got {config.ways!r} (a 1-way episode is "
+            "classified correctly by any model: accuracy 100% +- 0)"
+        )
     if config.test_episodes < 2 or config.val_episodes < 2:
         raise ValueError("config.test_episodes and config.val_episodes must be >= 2 (for a CI)")
     if config.parallel not in PARALLEL_MODES:
