@@ -29,7 +29,7 @@ from mmjax.data import modality
 from mmjax.data.episodes import classes_and_examples, sample_episodes, validate_episode_spec
 from mmjax.meta.learner import MetaLearner
 from mmjax.meta.parallel import TASK_AXIS, task_mesh
-from mmjax.train import builders
+from mmjax.train import builders, distributed
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.evaluate import evaluate_learner
 from mmjax.train.logging import MetricsWriter, plot_learning_curve
@@ -242,11 +242,15 @@ def train(
     validate_config(config)
     workdir = os.fspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    _write_atomically(os.path.join(workdir, "config.json"), config.to_json(indent=2))
+    distributed.check_config(config)
+    distributed.check_shared_workdir(workdir)
+    if distributed.is_writer():
+        _write_atomically(os.path.join(workdir, "config.json"), config.to_json(indent=2))
 
     splits, learner, optimizer, state = build_run(config)
+    splits, state = distributed.to_global((splits, state))
     checkpointer = Checkpointer(
-        workdir, max_to_keep=config.keep_checkpoints, clean_up_temporary=True
+        workdir, max_to_keep=config.keep_checkpoints, clean_up_temporary=distributed.is_writer()
     )
     for name in checkpointer.removed_temporary:
         print(f"Removed the unfinished checkpoint save {name} (the run was killed during it)")
@@ -264,7 +268,7 @@ def train(
     )
     eval_key = jax.random.PRNGKey(config.seed + 1)
 
-    writer = MetricsWriter(workdir)
+    writer = MetricsWriter(workdir) if distributed.is_writer() else distributed.NullWriter()
     start = int(state.step)
     window: list[dict] = []
     last_saved = checkpointer.latest_step()
@@ -319,14 +323,15 @@ def train(
                 if step % config.checkpoint_every == 0 or step == config.num_steps:
                     checkpointer.save(step, state)
                     last_saved = step
-                if stop.signal:
+                stop_signal = distributed.agree_to_stop(stop.signal)
+                if stop_signal:
                     if last_saved != step:
                         checkpointer.save(step, state)
                     tqdm.write(
-                        f"{stop.signal} received: checkpoint saved at step {step}; "
+                        f"{stop_signal} received: checkpoint saved at step {step}; "
                         "run the same command again to resume."
                     )
-                    return {"interrupted": stop.signal, "step": step}
+                    return {"interrupted": stop_signal, "step": step}
     finally:
         bar.close()
         writer.close()
@@ -350,12 +355,13 @@ def train(
         "shots": config.shots,
         "algorithm": learner.name,
     }
-    _write_atomically(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
-    plot_learning_curve(
-        os.path.join(workdir, "metrics.jsonl"),
-        os.path.join(workdir, "learning_curve.png"),
-        title=f"{learner.name.upper()} {config.ways}-way {config.shots}-shot",
-    )
+    if distributed.is_writer():
+        _write_atomically(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
+        plot_learning_curve(
+            os.path.join(workdir, "metrics.jsonl"),
+            os.path.join(workdir, "learning_curve.png"),
+            title=f"{learner.name.upper()} {config.ways}-way {config.shots}-shot",
+        )
     print(
         f"test accuracy {100 * test['accuracy']:.2f}% ± {100 * test['accuracy_ci95']:.2f}% "
         f"(95% CI, {test['num_episodes']} episodes of {config.ways}-way {config.shots}-shot)"
