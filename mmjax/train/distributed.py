@@ -44,8 +44,9 @@ def initialize(
 ) -> int:
     """Starts a multi-host run: `mmjax.meta.parallel.initialize_distributed`, then signals.
 
-    From here on SIGTERM/SIGINT are recorded, not fatal, so that the trainer stops every
-    process together at one step (`agree_to_stop`) whenever a signal comes.
+    From here on a SIGTERM/SIGINT is recorded, not fatal, so that the trainer stops every
+    process together at one step (`agree_to_stop`) whenever it comes; a second one outside
+    the training loop kills the process as usual.
 
     Args:
       coordinator: ``HOST:PORT`` of process 0 (default ``$JAX_COORDINATOR_ADDRESS``).
@@ -71,7 +72,10 @@ def initialize(
 
 
 def _record_signal(signum, frame) -> None:
-    _received.setdefault("signal", signal.Signals(signum).name)
+    if "signal" in _received:  # a second one (e.g. Ctrl-C twice): die as without a handler
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    _received["signal"] = signal.Signals(signum).name
 
 
 def is_writer() -> bool:

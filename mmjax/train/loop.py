@@ -237,7 +237,9 @@ def train(
     Writes into ``workdir``: ``config.json``, ``checkpoints/`` (orbax), ``metrics.jsonl``,
     ``tensorboard/``, ``results.json`` (final test accuracy ± 95% CI) and
     ``learning_curve.png``. Returns the results dict (``{"interrupted": signal}`` when stopped
-    by SIGTERM/SIGINT after a final checkpoint).
+    by SIGTERM/SIGINT after a final checkpoint). Multi-process (`mmjax.train.distributed`):
+    only process 0 writes these files, checkpoints are saved collectively, and the
+    processes agree every step on whether to stop.
     """
     validate_config(config)
     workdir = os.fspath(workdir)
