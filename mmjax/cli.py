@@ -115,6 +115,7 @@ def _train(args) -> int:
     workdir = args.workdir or os.path.join("workdir", name)
     print(f"mmjax train: config {args.config!r}, workdir {workdir}")
     results = train(config, workdir, progress=not args.no_progress)
+    distributed.finish()
     print(json.dumps(results, indent=2))
     return 0
 

@@ -78,6 +78,17 @@ def _record_signal(signum, frame) -> None:
     _received["signal"] = signal.Signals(signum).name
 
 
+def finish() -> None:
+    """Ignores SIGTERM from here on: the run is over (checkpoint saved) and the process exits.
+
+    Python resets its own handlers while the interpreter shuts down, so a late SIGTERM (one
+    host told to stop after all have stopped together) would otherwise kill a process that
+    is only waiting for its peers at exit (at most `SHUTDOWN_TIMEOUT_S`).
+    """
+    if jax.process_count() > 1:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def is_writer() -> bool:
     """Whether this process writes the run's files (logs, plots, results): process 0 only."""
     return jax.process_index() == 0

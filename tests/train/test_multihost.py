@@ -32,6 +32,11 @@ MULTIHOST_RUN = [s for s in TINY_RUN if not s.startswith(("meta_batch_size", "nu
     "parallel=sharded",
 ]
 LAUNCH_TIMEOUT_S = 300
+ENV_NAMES = {
+    "coordinator": "JAX_COORDINATOR_ADDRESS",
+    "num_processes": "JAX_NUM_PROCESSES",
+    "process_id": "JAX_PROCESS_ID",
+}
 
 
 def _free_port() -> int:
@@ -57,28 +62,35 @@ def _args(workdir, sets) -> list[str]:
 
 
 class Launch:
-    """``mmjax train --distributed`` as ``len(workdirs)`` processes, outputs in files."""
+    """``mmjax train --distributed`` as ``len(workdirs)`` processes, outputs in files.
 
-    def __init__(self, workdirs, cache, sets=MULTIHOST_RUN, logs=None):
+    The coordinator, process count and id are flags, or with ``use_env`` the ``JAX_*``
+    environment variables.
+    """
+
+    def __init__(self, workdirs, cache, sets=MULTIHOST_RUN, logs=None, use_env=False):
         port = _free_port()
         logs = logs or os.path.dirname(os.fspath(workdirs[0]))
         self.start = time.monotonic()
         self.logs = [os.path.join(logs, f"process{i}-{port}.txt") for i in range(len(workdirs))]
         self.processes = []
         for index, workdir in enumerate(workdirs):
-            command = _args(workdir, sets) + [
-                "--distributed",
-                "--coordinator",
-                f"127.0.0.1:{port}",
-                "--num_processes",
-                str(len(workdirs)),
-                "--process_id",
-                str(index),
-            ]
+            launch = {
+                "coordinator": f"127.0.0.1:{port}",
+                "num_processes": str(len(workdirs)),
+                "process_id": str(index),
+            }
+            env = _env(cache, 2)
+            command = _args(workdir, sets) + ["--distributed"]
+            for name, value in launch.items():
+                if use_env:
+                    env[ENV_NAMES[name]] = value
+                else:
+                    command += [f"--{name}", value]
             with open(self.logs[index], "w") as log:
                 self.processes.append(
                     subprocess.Popen(
-                        command, env=_env(cache, 2), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+                        command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
                     )
                 )
 
@@ -288,7 +300,8 @@ def test_refusals_exit_2_with_a_message_on_both_processes(tmp_path, cache, case,
         workdirs = [tmp_path / "host0", tmp_path / "host1"]
     else:
         workdirs = [tmp_path / "run"] * 2
-    launch = Launch(workdirs, cache, sets=sets, logs=tmp_path)
+    # The batch case passes coordinator, count and id as JAX_* variables, the others as flags.
+    launch = Launch(workdirs, cache, sets=sets, logs=tmp_path, use_env=case == "batch")
     codes = launch.wait(timeout=120)
     outputs = [launch.output(0), launch.output(1)]
     assert codes == [2, 2], outputs
@@ -306,7 +319,7 @@ def test_refusals_exit_2_with_a_message_on_both_processes(tmp_path, cache, case,
 )
 def test_incomplete_launch_flags_exit_2(tmp_path, flags, message):
     env = _env(None, 2)
-    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    for name in ENV_NAMES.values():
         env.pop(name, None)
     distributed = ["--distributed"] if "--coordinator" in flags else []
     process = subprocess.run(
