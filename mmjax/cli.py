@@ -59,7 +59,21 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--distributed",
         action="store_true",
-        help="call jax.distributed.initialize() (multi-host runs)",
+        help="multi-host run: every process runs this command over the global mesh "
+        "(needs --set parallel=sharded and one workdir shared by all hosts)",
+    )
+    train.add_argument(
+        "--coordinator",
+        default=None,
+        metavar="HOST:PORT",
+        help="with --distributed: process 0's address (default: $JAX_COORDINATOR_ADDRESS; "
+        "on a TPU pod / SLURM / Open MPI job JAX detects it)",
+    )
+    train.add_argument(
+        "--num_processes", type=int, default=None, help="with --distributed ($JAX_NUM_PROCESSES)"
+    )
+    train.add_argument(
+        "--process_id", type=int, default=None, help="with --distributed ($JAX_PROCESS_ID)"
     )
 
     evaluate = sub.add_parser("evaluate", help="evaluate a trained run's latest checkpoint")
@@ -84,19 +98,29 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
-    from mmjax.meta.parallel import initialize_distributed
+    from mmjax.train import distributed
     from mmjax.train.loop import train
 
-    initialize_distributed(force=args.distributed)
     config = configs.get_config(args.config)
     overrides = list(args.overrides)
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
     config = configs.apply_overrides(config, overrides)
+    launch = (args.coordinator, args.num_processes, args.process_id)
+    if not args.distributed and any(value is not None for value in launch):
+        raise ValueError("--coordinator/--num_processes/--process_id need --distributed")
+    if args.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        if config.parallel != "sharded":
+            raise ValueError(
+                f"--distributed needs config.parallel='sharded' (got {config.parallel!r}, "
+                "which would train one model per process): add --set parallel=sharded"
+            )
+        distributed.initialize(*launch)
     name = os.path.splitext(os.path.basename(args.config))[0]
     workdir = args.workdir or os.path.join("workdir", name)
     print(f"mmjax train: config {args.config!r}, workdir {workdir}")
     results = train(config, workdir, progress=not args.no_progress, override=args.override)
+    distributed.finish()
     print(json.dumps(results, indent=2))
     return 0
 

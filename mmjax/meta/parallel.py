@@ -22,17 +22,79 @@ from mmjax.meta.maml import LossFn, MetaStep, _check_settings, guarded_meta_step
 TASK_AXIS = "tasks"
 
 
-def initialize_distributed(force: bool = False) -> bool:
-    """Calls ``jax.distributed.initialize()`` when running multi-host.
+_ENV = {
+    "coordinator": "JAX_COORDINATOR_ADDRESS",
+    "num_processes": "JAX_NUM_PROCESSES",
+    "process_id": "JAX_PROCESS_ID",
+}
 
-    Honoured when ``force`` is true or the environment names a coordinator
-    (``JAX_COORDINATOR_ADDRESS``) or a TPU pod / SLURM / Open MPI job is detected by JAX's
-    own cluster detection. Returns whether it initialised.
+
+def _env_int(name: str, value: int | None) -> int | None:
+    if value is not None or not os.environ.get(_ENV[name]):
+        return value
+    try:
+        return int(os.environ[_ENV[name]])
+    except ValueError:
+        raise ValueError(f"${_ENV[name]}={os.environ[_ENV[name]]!r} must be an int") from None
+
+
+def initialize_distributed(
+    force: bool = False,
+    *,
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    timeout_s: int = 300,
+    heartbeat_timeout_s: int = 100,
+    shutdown_timeout_s: int = 300,
+) -> bool:
+    """Calls ``jax.distributed.initialize`` for a multi-host run; returns whether it did.
+
+    It initialises when ``force`` is true or ``$JAX_COORDINATOR_ADDRESS`` is set. The
+    coordinator ``HOST:PORT``, process count and process id come from the arguments, else
+    from ``$JAX_COORDINATOR_ADDRESS``, ``$JAX_NUM_PROCESSES``, ``$JAX_PROCESS_ID``; given
+    none of the three, JAX's own cluster detection (Cloud TPU pod, SLURM, Open MPI,
+    Kubernetes) supplies them, and outside such a cluster it raises ``ValueError``. Given
+    some, all three are required. CPU processes use gloo collectives. ``timeout_s`` bounds
+    the wait for every peer to connect (then an error, not a hang).
     """
-    if force or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        jax.distributed.initialize()
-        return True
-    return False
+    coordinator = coordinator or os.environ.get(_ENV["coordinator"]) or None
+    if not (force or coordinator):
+        return False
+    num_processes = _env_int("num_processes", num_processes)
+    process_id = _env_int("process_id", process_id)
+    given = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
+    missing = [name for name, value in given.items() if value is None]
+    flags = "--coordinator HOST:PORT --num_processes N --process_id I"
+    envs = "$JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID"
+    if 0 < len(missing) < 3:
+        raise ValueError(
+            f"distributed run with {', '.join(n for n in given if n not in missing)} but no "
+            f"{', '.join(missing)}: give all of {flags} (or {envs}), or none of them on a "
+            "TPU pod / SLURM / Open MPI job"
+        )
+    if not missing:
+        if num_processes < 1 or not 0 <= process_id < num_processes:
+            raise ValueError(
+                f"process_id={process_id} must be in [0, num_processes={num_processes})"
+            )
+        if ":" not in coordinator:
+            raise ValueError(f"coordinator={coordinator!r} must be HOST:PORT")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(
+            coordinator,
+            num_processes,
+            process_id,
+            initialization_timeout=timeout_s,
+            heartbeat_timeout_seconds=heartbeat_timeout_s,
+            shutdown_timeout_seconds=shutdown_timeout_s,
+        )
+    except ValueError as error:  # no cluster detected to supply the missing values
+        raise ValueError(
+            f"{error} No TPU pod / SLURM / Open MPI job was detected: give {flags} (or {envs})"
+        ) from None
+    return True
 
 
 def task_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -90,4 +90,7 @@ def plot_learning_curve(
         ax_acc.legend(loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=110)
+    out_path = os.fspath(out_path)
+    tmp = f"{out_path}.tmp-{os.getpid()}"  # then renamed: a reader never sees a partial file
+    fig.savefig(tmp, dpi=110, format=os.path.splitext(out_path)[1][1:] or "png")
+    os.replace(tmp, out_path)

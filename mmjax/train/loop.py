@@ -30,7 +30,7 @@ from mmjax.data.augment import augment_episodes
 from mmjax.data.episodes import classes_and_examples, sample_episodes, validate_episode_spec
 from mmjax.meta.learner import MetaLearner
 from mmjax.meta.parallel import TASK_AXIS, task_mesh
-from mmjax.train import builders
+from mmjax.train import builders, distributed
 from mmjax.train import workdir as workdirs
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.evaluate import evaluate_learner
@@ -260,35 +260,48 @@ def train(
     The workdir is locked (``train.lock``) while training. Resuming with a config that
     differs from ``config.json`` is refused unless ``override`` (`mmjax.train.workdir` has the
     rule); a checkpoint that does not restore is moved aside for the previous one. Nothing
-    is written before the config is checked and the checkpoint restored.
+    is written before the config is checked and the checkpoint restored. Multi-process
+    (`mmjax.train.distributed`): only process 0 locks, writes these files and sets
+    checkpoints aside; checkpoints are saved collectively, and the processes agree every
+    step on whether to stop.
     """
     validate_config(config)
-    writer = jax.process_index() == 0  # multi-host: process 0 locks, sets aside and records
-    with workdirs.acquire_lock(workdir, writer=writer):
+    distributed.check_config(config)
+    is_writer = distributed.is_writer()
+    if is_writer:
+        workdir = workdirs.ensure_workdir(workdir)
+    distributed.check_shared_workdir(os.fspath(workdir))
+    with workdirs.acquire_lock(workdir, writer=is_writer):
         return _train_locked(
-            config, os.fspath(workdir), progress=progress, override=override, writer=writer
+            config, os.fspath(workdir), progress=progress, override=override, is_writer=is_writer
         )
 
 
 def _train_locked(
-    config: ml_collections.ConfigDict, workdir: str, *, progress: bool, override: bool, writer: bool
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    progress: bool,
+    override: bool,
+    is_writer: bool,
 ) -> dict:
     changes = workdirs.check_identity(workdir, config, override=override)
     splits, learner, optimizer, state = build_run(config)
+    splits, state = distributed.to_global((splits, state))
     checkpointer = Checkpointer(
-        workdir, max_to_keep=config.keep_checkpoints, clean_up_temporary=True
+        workdir, max_to_keep=config.keep_checkpoints, clean_up_temporary=is_writer
     )
     for name in checkpointer.removed_temporary:
         print(f"Removed the unfinished checkpoint save {name} (the run was killed during it)")
     if checkpointer.latest_step() is not None:
         try:
-            state, _ = checkpointer.restore_newest(state, set_aside=writer)
+            state, _ = checkpointer.restore_newest(state, set_aside=is_writer)
             workdirs.check_num_steps(config, int(state.step), workdir)
         except BaseException:
             checkpointer.close()
             raise
         print(f"Resumed from {checkpointer.directory} at step {int(state.step)}")
-    workdirs.record_config(workdir, config, changes, step=int(state.step), writer=writer)
+    workdirs.record_config(workdir, config, changes, step=int(state.step), writer=is_writer)
     step_fn = make_train_step(config, learner, optimizer)
     evaluate = functools.partial(
         evaluate_learner,
@@ -300,7 +313,7 @@ def _train_locked(
     )
     eval_key = jax.random.PRNGKey(config.seed + 1)
 
-    writer = MetricsWriter(workdir)
+    writer = MetricsWriter(workdir) if is_writer else distributed.NullWriter()
     start = int(state.step)
     window: list[dict] = []
     last_saved = checkpointer.latest_step()
@@ -355,14 +368,15 @@ def _train_locked(
                 if step % config.checkpoint_every == 0 or step == config.num_steps:
                     checkpointer.save(step, state)
                     last_saved = step
-                if stop.signal:
+                stop_signal = distributed.agree_to_stop(stop.signal)
+                if stop_signal:
                     if last_saved != step:
                         checkpointer.save(step, state)
                     tqdm.write(
-                        f"{stop.signal} received: checkpoint saved at step {step}; "
+                        f"{stop_signal} received: checkpoint saved at step {step}; "
                         "run the same command again to resume."
                     )
-                    return {"interrupted": stop.signal, "step": step}
+                    return {"interrupted": stop_signal, "step": step}
     finally:
         bar.close()
         writer.close()
@@ -386,12 +400,13 @@ def _train_locked(
         "shots": config.shots,
         "algorithm": learner.name,
     }
-    _write_atomically(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
-    plot_learning_curve(
-        os.path.join(workdir, "metrics.jsonl"),
-        os.path.join(workdir, "learning_curve.png"),
-        title=f"{learner.name.upper()} {config.ways}-way {config.shots}-shot",
-    )
+    if is_writer:
+        _write_atomically(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
+        plot_learning_curve(
+            os.path.join(workdir, "metrics.jsonl"),
+            os.path.join(workdir, "learning_curve.png"),
+            title=f"{learner.name.upper()} {config.ways}-way {config.shots}-shot",
+        )
     print(
         f"test accuracy {100 * test['accuracy']:.2f}% ± {100 * test['accuracy_ci95']:.2f}% "
         f"(95% CI, {test['num_episodes']} episodes of {config.ways}-way {config.shots}-shot)"
