@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from mmjax.data.episodes import Episode
+from mmjax.meta import meta_gradients
 
 Params = Any
 LossFn = Callable[[Params, chex.ArrayTree, chex.Array], tuple[chex.Array, dict]]
@@ -100,6 +101,7 @@ def adapt(
     first_order: bool = False,
     remat: bool = False,
     unroll: int | bool = 1,
+    meta_gradient: str | meta_gradients.MetaGradient = "exact",
 ) -> tuple[Params, chex.Array]:
     """Runs ``num_steps`` of SGD on ``loss_fn`` from ``params`` (MAML's inner loop).
 
@@ -116,11 +118,20 @@ def adapt(
       unroll: ``lax.scan`` unroll factor of the inner loop (``True``: fully unrolled). Same
         result; fully unrolled, XLA's ``cost_analysis()`` counts every inner step (a rolled
         loop's body is counted once), and small loops may run faster on CPU.
+      meta_gradient: ``"exact"``, ``"first_order"``, ``"truncated"``, ``"implicit"`` or a
+        :class:`~mmjax.meta.meta_gradients.MetaGradient` (annealing needs :func:`task_loss`).
 
     Returns:
       ``(adapted_params, losses)`` with ``losses: [num_steps]`` the support loss before
       each step.
     """
+    if not _is_legacy(meta_gradient):
+        spec = meta_gradients.meta_gradient_spec(meta_gradient, first_order=first_order)
+        if spec.annealed:
+            raise ValueError("first_order_until needs the meta-step: use task_loss(meta_step=...)")
+        settings = {"loss_fn": loss_fn, "inner_lr": inner_lr, "num_steps": num_steps}
+        settings.update(meta_gradient=spec, remat=remat, unroll=unroll)
+        return meta_gradients.adapt(params, inputs, labels, **settings)
     _check_settings(inner_lr=inner_lr, num_steps=num_steps)
     check_inner_lr(inner_lr, params)
     _check_support(inputs, labels)
@@ -147,6 +158,8 @@ def task_loss(
     first_order: bool = False,
     remat: bool = False,
     unroll: int | bool = 1,
+    meta_gradient: str | meta_gradients.MetaGradient = "exact",
+    meta_step: chex.Array | None = None,
 ) -> tuple[chex.Array, dict]:
     """Adapts on the support set, then returns the query loss and metrics of one task.
 
@@ -155,7 +168,23 @@ def task_loss(
 
     Metrics: the query metrics of ``loss_fn`` after adaptation, plus ``support_loss``
     (the support loss before adaptation; equals the query-free loss when ``num_steps=0``).
+
+    ``meta_gradient`` as in :func:`adapt`; with ``first_order_until > 0`` the scalar
+    ``meta_step`` (traced) picks first order or ``meta_gradient.mode`` by one ``lax.cond``.
     """
+    if not _is_legacy(meta_gradient):
+        spec = meta_gradients.meta_gradient_spec(meta_gradient, first_order=first_order)
+        if spec.annealed:
+            early = meta_gradients.annealed_first_order(spec, meta_step)
+            settings = {"loss_fn": loss_fn, "inner_lr": inner_lr, "num_steps": num_steps}
+            settings.update(remat=remat, unroll=unroll)
+
+            def branch(mode):
+                mode_spec = spec._replace(mode=mode, first_order_until=0)
+                return lambda p: task_loss(p, episode, meta_gradient=mode_spec, **settings)
+
+            return jax.lax.cond(early, branch("first_order"), branch(spec.mode), params)
+        meta_gradient, first_order = spec, False
     adapted, inner_losses = adapt(
         params,
         episode.support_inputs,
@@ -166,6 +195,7 @@ def task_loss(
         first_order=first_order,
         remat=remat,
         unroll=unroll,
+        meta_gradient=meta_gradient,
     )
     loss, metrics = loss_fn(adapted, episode.query_inputs, episode.query_labels)
     metrics = dict(metrics)
@@ -316,6 +346,8 @@ def meta_loss(
     remat: bool = False,
     unroll: int | bool = 1,
     task_batching: str | int = "auto",
+    meta_gradient: str | meta_gradients.MetaGradient = "exact",
+    meta_step: chex.Array | None = None,
 ) -> tuple[chex.Array, dict]:
     """Mean query loss over a task batch (leading axis of every ``episodes`` leaf).
 
@@ -332,6 +364,8 @@ def meta_loss(
         first_order=first_order,
         remat=remat,
         unroll=unroll,
+        meta_gradient=meta_gradient,
+        meta_step=meta_step,
     )
     return mean_over_tasks(per_task, params, episodes, task_batching)
 
@@ -342,7 +376,7 @@ def meta_grad(
     """Gradient of :func:`meta_loss` w.r.t. the meta-parameters, and the batch metrics.
 
     ``kwargs`` are :func:`task_loss`'s settings (``loss_fn``, ``inner_lr``, ``num_steps``,
-    ...); ``task_batching``: see :func:`resolve_task_batching`.
+    ``meta_gradient``, ``meta_step``, ...); ``task_batching``: see :func:`resolve_task_batching`.
     """
     per_task = functools.partial(task_loss, **kwargs)
     return grad_over_tasks(per_task, params, episodes, task_batching)
@@ -359,9 +393,12 @@ class MetaStep(NamedTuple):
     remat: bool = False
     unroll: int | bool = 1
     task_batching: str | int = "auto"
+    meta_gradient: str | meta_gradients.MetaGradient = "exact"
 
-    def grad(self, params: Params, episodes: Episode) -> tuple[Params, dict]:
-        """Meta-gradient and metrics for a task batch."""
+    def grad(
+        self, params: Params, episodes: Episode, meta_step: chex.Array | None = None
+    ) -> tuple[Params, dict]:
+        """Meta-gradient and metrics for a task batch (``meta_step``: for annealing)."""
         return meta_grad(
             params,
             episodes,
@@ -372,6 +409,7 @@ class MetaStep(NamedTuple):
             remat=self.remat,
             unroll=self.unroll,
             task_batching=self.task_batching,
+            **_meta_gradient_kwargs(self.meta_gradient, meta_step),
         )
 
     def apply(self, params: Params, opt_state: optax.OptState, grads: Params):
@@ -379,9 +417,15 @@ class MetaStep(NamedTuple):
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    def __call__(self, params: Params, opt_state: optax.OptState, episodes: Episode):
+    def __call__(
+        self,
+        params: Params,
+        opt_state: optax.OptState,
+        episodes: Episode,
+        meta_step: chex.Array | None = None,
+    ):
         """One meta-step: ``-> (params, opt_state, metrics)``."""
-        grads, metrics = self.grad(params, episodes)
+        grads, metrics = self.grad(params, episodes, meta_step)
         params, opt_state = self.apply(params, opt_state, grads)
         return params, opt_state, metrics
 
@@ -397,19 +441,36 @@ def make_meta_train_step(
     unroll: int | bool = 1,
     task_batching: str | int = "auto",
     jit: bool = True,
+    meta_gradient: str | meta_gradients.MetaGradient = "exact",
 ):
     """Builds ``step(params, opt_state, episodes) -> (params, opt_state, metrics)``.
 
     The whole meta-step (map over tasks by ``task_batching``, inner scan, outer gradient,
     optimizer update) is one ``jax.jit`` when ``jit`` is true; ``params`` and ``opt_state``
-    are donated (reuse the returned ones).
+    are donated (reuse the returned ones). ``meta_gradient``: see :func:`adapt`; with
+    ``first_order_until > 0`` the step takes a fourth argument, the meta-step index.
     """
     _check_settings(inner_lr=inner_lr, num_steps=num_steps)
     resolve_task_batching(task_batching)  # validates before tracing
+    if not _is_legacy(meta_gradient):
+        meta_gradient = meta_gradients.meta_gradient_spec(meta_gradient, first_order=first_order)
+        meta_gradients.check_num_steps(meta_gradient, num_steps)
     step = MetaStep(
-        loss_fn, optimizer, inner_lr, num_steps, first_order, remat, unroll, task_batching
-    ).__call__
+        loss_fn, optimizer, inner_lr, num_steps, first_order, remat, unroll, task_batching,
+        meta_gradient,
+    ).__call__  # fmt: skip
     return jax.jit(step, donate_argnums=(0, 1)) if jit else step
+
+
+def _is_legacy(meta_gradient) -> bool:
+    """``"exact"`` by name: the ``first_order`` flag alone decides (the original path)."""
+    return isinstance(meta_gradient, str) and meta_gradient == "exact"
+
+
+def _meta_gradient_kwargs(meta_gradient, meta_step) -> dict:
+    if _is_legacy(meta_gradient) and meta_step is None:
+        return {}
+    return {"meta_gradient": meta_gradient, "meta_step": meta_step}
 
 
 def _check_settings(*, inner_lr, num_steps) -> None:

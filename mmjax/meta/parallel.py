@@ -15,8 +15,10 @@ import chex
 import jax
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from mmjax.meta import meta_gradients
 from mmjax.meta.maml import LossFn, MetaStep, _check_settings
 
 TASK_AXIS = "tasks"
@@ -106,6 +108,7 @@ def make_sharded_meta_train_step(
     first_order: bool = False,
     remat: bool = False,
     task_batching: str | int = "vmap",
+    meta_gradient: str | meta_gradients.MetaGradient = "exact",
 ):
     """Builds a ``jit`` step whose task batch is sharded over ``mesh`` (axis ``"tasks"``).
 
@@ -114,19 +117,26 @@ def make_sharded_meta_train_step(
     ``(step, place_episodes, place_replicated)``: the last two put host arrays on the mesh
     with the right sharding (they also work multi-host, every process passing the same
     global arrays). ``task_batching`` defaults to ``"vmap"``: the task axis is the one
-    sharded, and a scanned axis cannot be split over devices.
+    sharded, and a scanned axis cannot be split over devices. ``meta_gradient``: see
+    :func:`mmjax.meta.maml.adapt`; when annealed the step takes the meta-step index as a
+    fourth (replicated) argument.
     """
     _check_settings(inner_lr=inner_lr, num_steps=num_steps)
     mesh = task_mesh() if mesh is None else mesh
+    annealed = False
+    if meta_gradient != "exact":
+        meta_gradient = meta_gradients.meta_gradient_spec(meta_gradient, first_order=first_order)
+        meta_gradients.check_num_steps(meta_gradient, num_steps)
+        annealed = meta_gradient.annealed
     settings = MetaStep(
         loss_fn, optimizer, inner_lr, num_steps, first_order, remat, task_batching=task_batching
-    )
+    )._replace(meta_gradient=meta_gradient)
     replicated = NamedSharding(mesh, P())
     by_task = NamedSharding(mesh, P(TASK_AXIS))
 
     jitted = jax.jit(
         settings.__call__,
-        in_shardings=(replicated, replicated, by_task),
+        in_shardings=(replicated, replicated, by_task) + ((replicated,) if annealed else ()),
         out_shardings=(replicated, replicated, replicated),
         donate_argnums=(0, 1),
     )
