@@ -235,8 +235,10 @@ def proximal_solve(
 ) -> Params:
     """Solves ``(I + H/lam) x = rhs`` by conjugate gradient, ``H`` the support Hessian at ``phi``.
 
-    Hessian-vector products are ``jax.jvp`` of ``jax.grad`` (forward over reverse);
-    ``rhs`` and the result are pytrees shaped like ``phi``.
+    ``inputs`` leaves are ``[support_size, ...]``, ``labels: [support_size]``; ``rhs`` and
+    the result are pytrees shaped like ``phi``. Hessian-vector products are ``jax.jvp`` of
+    ``jax.grad`` (forward over reverse), ``cg_steps`` at most, stopping at relative
+    residual ``cg_tol``.
     """
     grad_fn = jax.grad(lambda p: loss_fn(p, inputs, labels)[0])
 

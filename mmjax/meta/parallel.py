@@ -15,8 +15,7 @@ import chex
 import jax
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mmjax.meta import meta_gradients
 from mmjax.meta.maml import LossFn, MetaStep, _check_settings

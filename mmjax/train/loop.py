@@ -137,7 +137,8 @@ def make_train_step(
         if dropout_rate != 0:
             episodes = modality.modality_dropout(dropout_key, episodes, rate=dropout_rate)
         episodes = constrain(episodes)
-        grads, metrics = learner.meta_grad(state.params, episodes)
+        step_kwargs = {"meta_step": state.step} if learner.takes_meta_step else {}
+        grads, metrics = learner.meta_grad(state.params, episodes, **step_kwargs)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(metrics["loss"]) & _all_finite(grads)
@@ -344,6 +345,7 @@ def train(
         "test_accuracy_ci95": test["accuracy_ci95"],
         "test_loss": test["loss"],
         "test_episodes": test["num_episodes"],
+        "test_batch_norm": test["batch_norm"],
         "steps": int(state.step),
         "skipped_steps": skipped,
         "ways": config.ways,
