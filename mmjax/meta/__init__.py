@@ -1,7 +1,7 @@
 """Meta-learning algorithms as pure functions, behind one `MetaLearner` interface.
 
 Registered on import (``make_learner(name, model, **settings)``): maml, reptile, metasgd, anil,
-protonet, relationnet, mmaml.
+protonet, relationnet, mmaml, mamlpp.
 """
 
 from mmjax.meta.batch_norm_eval import EVAL_BATCH_NORMS, query_logits, query_metrics
@@ -19,6 +19,7 @@ from mmjax.meta.maml import (
     task_loss,
 )
 from mmjax.meta.anil import adapt_head, anil_learner
+from mmjax.meta.maml_plus_plus import init_lslr, mamlpp_learner, multi_step_weights
 from mmjax.meta.meta_gradients import (
     META_GRADIENTS,
     MetaGradient,
@@ -57,18 +58,21 @@ __all__ = [
     "classification_loss",
     "grad_over_tasks",
     "init_inner_lr",
+    "init_lslr",
     "initialize_distributed",
     "make_learner",
     "make_meta_train_step",
     "make_pmap_meta_train_step",
     "make_sharded_meta_train_step",
     "maml_learner",
+    "mamlpp_learner",
     "map_over_tasks",
     "meta_grad",
     "meta_gradient_spec",
     "meta_loss",
     "metasgd_learner",
     "mmaml_learner",
+    "multi_step_weights",
     "protonet_learner",
     "prototype_logits",
     "prototypes",
