@@ -8,6 +8,7 @@ from mmjax.configs import omniglot_maml_5w1s
 def get_config() -> ml_collections.ConfigDict:
     """LSLR, multi-step loss and derivative-order annealing; see mmjax.meta.maml_plus_plus."""
     config = omniglot_maml_5w1s.get_config()
+    del config.maml
     config.algorithm = "mamlpp"
     config.mamlpp = ml_collections.ConfigDict(
         dict(

@@ -103,10 +103,10 @@ def maml_learner(
         loss_fn=loss_fn,
         inner_lr=inner_lr,
         num_steps=num_inner_steps,
-        first_order=first_order,
+        first_order=first_order if legacy else False,
         remat=remat,
         task_batching=task_batching,
-        **({} if legacy else {"meta_gradient": spec, "first_order": False}),
+        **({} if legacy else {"meta_gradient": spec}),
     )
     # Evaluation adapts with the training inner problem (proximal for "implicit").
     eval_spec = "exact" if spec.mode != "implicit" else spec._replace(first_order_until=0)

@@ -196,3 +196,27 @@ def test_bad_settings_name_the_argument():
     with pytest.raises(ValueError, match="first_order_until must be an int >= 0"):
         meta_gradient_spec("exact", first_order_until=-1)
     assert meta_gradient_spec("exact", first_order=True).mode == "first_order"
+
+
+def test_configs_build_learners_with_every_mode():
+    from mmjax import configs
+    from mmjax.train import builders
+
+    overrides = {
+        "maml.meta_gradient='implicit'": ("imaml", False),
+        "maml.meta_gradient='truncated'": ("maml", False),
+        "maml.first_order_until=100": ("maml", True),
+        "maml.first_order=True": ("fomaml", False),
+    }
+    for override, (name, takes_meta_step) in overrides.items():
+        config = configs.apply_overrides(configs.get_config("omniglot_maml_5w1s"), [override])
+        learner = builders.build_learner(config, builders.build_model(config))
+        assert (learner.name, learner.takes_meta_step) == (name, takes_meta_step), override
+    config = configs.get_config("omniglot_mamlpp_5w1s")
+    assert "maml" not in config
+    learner = builders.build_learner(config, builders.build_model(config))
+    assert (learner.name, learner.takes_meta_step) == ("mamlpp", True)
+    bad = configs.apply_overrides(configs.get_config("omniglot_maml_5w1s"),
+                                  ["maml.meta_gradient='truncated'", "maml.truncate=2"])  # fmt: skip
+    with pytest.raises(ValueError, match=r"config.maml: truncate must be in \[0, num_steps=1\]"):
+        builders.build_learner(bad, builders.build_model(bad))
