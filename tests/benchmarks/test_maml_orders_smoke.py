@@ -88,7 +88,7 @@ def test_bad_arguments_raise(bench, tmp_path):
 def test_meta_gradient_modes_get_rows_and_a_gradient_quality_table(bench, tmp_path):
     """truncated / implicit rows are timed; gradient quality compares each with exact."""
     rows = bench.main(["--smoke", "--orders", "truncated", "implicit", "--gradient_quality",
-                       "--quality_inner_steps", "1", "2", "--out", str(tmp_path)])  # fmt: skip
+                       "--quality_inner_steps", "2", "--out", str(tmp_path)])  # fmt: skip
     assert [r["order"] for r in rows] == ["truncated", "implicit"]
     assert rows[1]["lam"] == 1.0 and rows[1]["cg_steps"] == 20 and rows[0]["truncate"] == 1
     lines = (tmp_path / "gradient_quality.jsonl").read_text().splitlines()
@@ -97,12 +97,11 @@ def test_meta_gradient_modes_get_rows_and_a_gradient_quality_table(bench, tmp_pa
         (stage, mode, steps)
         for stage in ("init", "trained")
         for mode in ("truncated", "implicit")
-        for steps in (1, 2)
+        for steps in (2,)
     }
     for stage in ("init", "trained"):
-        # k = 1 of 1 step is exact; of 2 steps it is not.
-        assert quality[(stage, "truncated", 1)]["rel_l2_error"] < 1e-5
-        assert quality[(stage, "truncated", 2)]["rel_l2_error"] > 1e-3
+        # k = 1 of 2 steps drops the first step's curvature: not exact, but close.
+        assert 1e-3 < quality[(stage, "truncated", 2)]["rel_l2_error"] < 1
         implicit = quality[(stage, "implicit", 2)]
         assert 0 < implicit["cosine"] <= 1 and implicit["rel_l2_error"] > 0
         assert implicit["implicit_vs_unrolled_rel_error"] >= 0

@@ -76,7 +76,7 @@ def test_implicit_gradient_equals_the_closed_form_of_a_proximal_least_squares():
         expected = lam * np.linalg.solve(a + lam * np.eye(4), query_grad)
         np.testing.assert_allclose(grads["w"], expected, rtol=1e-6, atol=1e-12)
         # Not the exact gradient through the 400 steps of the proximal-free inner loop:
-        plain = _grad(loss_fn, theta, episode, inner_lr=0.2, num_steps=400)
+        plain = jax.jit(lambda p: _grad(loss_fn, p, episode, inner_lr=0.2, num_steps=400))(theta)
         assert _rel_error(plain, {"w": expected}) > 1e-2
 
 
@@ -88,16 +88,18 @@ def test_cg_solve_equals_a_dense_solve_of_the_implicit_system_on_an_mlp():
         spec = MetaGradient("implicit", lam=lam, cg_steps=200, cg_tol=1e-13)
         settings = {"inner_lr": 0.2, "num_steps": 20, "meta_gradient": spec}
         grads = jax.jit(lambda p: _grad(loss_fn, p, episode, **settings))(params)
-        phi, _ = maml.adapt(
-            params, episode.support_inputs, episode.support_labels, loss_fn=loss_fn, **settings
-        )
+        phi, _ = jax.jit(
+            lambda p: maml.adapt(
+                p, episode.support_inputs, episode.support_labels, loss_fn=loss_fn, **settings
+            )
+        )(params)
         flat_phi, unravel = ravel_pytree(phi)
         support = lambda v: loss_fn(unravel(v), episode.support_inputs, episode.support_labels)[0]
-        hessian = jax.hessian(support)(flat_phi)
+        hessian = jax.jit(jax.hessian(support))(flat_phi)
         system = np.eye(flat_phi.size) + np.asarray(hessian) / lam
         assert np.linalg.eigvalsh(system).min() > 0  # CG's premise
         query = lambda v: loss_fn(unravel(v), episode.query_inputs, episode.query_labels)[0]
-        expected = np.linalg.solve(system, np.asarray(jax.grad(query)(flat_phi)))
+        expected = np.linalg.solve(system, np.asarray(jax.jit(jax.grad(query))(flat_phi)))
         np.testing.assert_allclose(ravel_pytree(grads)[0], expected, rtol=1e-6, atol=1e-10)
         # A 2-step CG budget is measurably worse: the solve, not luck, makes the match.
         few = MetaGradient("implicit", lam=lam, cg_steps=2, cg_tol=0.0)
@@ -154,9 +156,9 @@ def test_annealing_switches_to_exact_at_the_configured_meta_step_in_one_program(
         maml.meta_grad(params, episodes, loss_fn=loss_fn, meta_gradient=spec, **settings)
 
 
+# "exact" and "first_order" by name are the original path, which
+# tests/meta/test_task_batching.py already compares with a per-task loop.
 MODES = (
-    "exact",
-    "first_order",
     MetaGradient("truncated", truncate=1),
     MetaGradient("implicit", lam=2.0, cg_steps=30, cg_tol=1e-12),
     MetaGradient("exact", first_order_until=3),
