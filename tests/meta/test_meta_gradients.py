@@ -222,3 +222,33 @@ def test_configs_build_learners_with_every_mode():
                                   ["maml.meta_gradient='truncated'", "maml.truncate=2"])  # fmt: skip
     with pytest.raises(ValueError, match=r"config.maml: truncate must be in \[0, num_steps=1\]"):
         builders.build_learner(bad, builders.build_model(bad))
+
+
+@pytest.mark.parametrize(
+    "meta_gradient",
+    [MetaGradient("implicit", lam=2.0, cg_steps=30), MetaGradient("exact", first_order_until=3)],
+    ids=["implicit", "annealed"],
+)
+def test_sharded_step_equals_the_single_device_step(meta_gradient):
+    from mmjax.meta import parallel
+
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 (forced host) devices")
+    loss_fn, params, episodes = _mlp_setup(tasks=8)
+    optimizer = optax.sgd(0.1)
+    settings = {"inner_lr": 0.4, "num_steps": 2, "meta_gradient": meta_gradient}
+    single = maml.make_meta_train_step(
+        loss_fn, optimizer, task_batching="vmap", jit=False, **settings
+    )
+    want, _, _ = jax.jit(single)(params, optimizer.init(params), episodes, jnp.asarray(1))
+    step, place_episodes, place_replicated = parallel.make_sharded_meta_train_step(
+        loss_fn, optimizer, **settings
+    )
+    extra = (place_replicated(jnp.asarray(1)),) if meta_gradient.annealed else ()
+    got, _, _ = step(
+        place_replicated(params),
+        place_replicated(optimizer.init(params)),
+        place_episodes(episodes),
+        *extra,
+    )
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
