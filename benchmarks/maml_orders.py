@@ -68,6 +68,11 @@ DATASET_SHAPES = {
         "l2l_model": "MiniImagenetCNN",
     },
 }
+
+# Meta-gradient modes (mmjax.meta.meta_gradients) beside the two orders; "second" is "exact".
+MODES = ORDERS + ("truncated", "implicit")
+META_GRADIENT_OF = {"second": "exact", "first": "first_order"}
+QUALITY_STEPS = (1, 2, 5, 10, 20)
 CONV_IMPLS = ("auto", "im2col", "lax")
 
 
@@ -143,8 +148,8 @@ def measure(spec: dict) -> dict:
     settings = dict(
         inner_lr=spec.get("inner_lr", 0.4),
         num_steps=spec["inner_steps"],
-        first_order=spec["order"] == "first",
         remat=spec["remat"],
+        **meta_gradient_settings(spec),
     )
     loss_fn = maml.classification_loss(model.apply)
     # FLOPs: lower (no compile) with the inner loop unrolled and the tasks vmapped, so every
@@ -206,6 +211,11 @@ def train_accuracy(spec: dict) -> dict:
     config.queries, config.meta_batch_size = spec["queries"], spec["meta_batch"]
     config.model.features, config.model.conv_impl = spec["features"], spec["conv_impl"]
     config.maml.first_order = spec["order"] == "first"
+    if spec["order"] not in ORDERS:
+        config.maml.meta_gradient = spec["order"]
+        config.maml.truncate = min(spec.get("truncate", 1), spec["inner_steps"])
+        config.maml.lam = spec.get("lam", 1.0)
+        config.maml.cg_steps = spec.get("cg_steps", 20)
     config.maml.num_inner_steps = spec["inner_steps"]
     config.maml.remat = spec["remat"]
     config.num_steps = spec["train_steps"]
@@ -216,14 +226,174 @@ def train_accuracy(spec: dict) -> dict:
     workdir = spec["workdir"]
     start = time.perf_counter()
     results = train(config, workdir, progress=False)
+    train_s = time.perf_counter() - start
+    # The same checkpoint evaluated non-transductively (each query with the support set).
+    from mmjax.train.restore import evaluate_checkpoint
+
+    other = evaluate_checkpoint(
+        workdir,
+        num_episodes=spec["test_episodes"],
+        overrides=["maml.eval_batch_norm='with_support'"],
+    )
     return dict(
         test_accuracy=round(float(results["test_accuracy"]), 4),
         test_accuracy_ci95=round(float(results["test_accuracy_ci95"]), 4),
+        test_batch_norm=results.get("test_batch_norm", "transductive"),
+        test_accuracy_with_support=round(float(other["accuracy"]), 4),
+        test_accuracy_with_support_ci95=round(float(other["accuracy_ci95"]), 4),
         test_episodes=int(results["test_episodes"]),
         train_steps=int(results["steps"]),
-        train_s=round(time.perf_counter() - start, 1),
+        train_s=round(train_s, 1),
         eval_inner_steps=int(config.maml.eval_num_inner_steps),
     )
+
+
+def meta_gradient_settings(spec: dict) -> dict:
+    """``make_meta_train_step`` settings of the row's mode (``spec["order"]``, one of MODES).
+
+    ``"truncated"`` differentiates the last ``min(spec["truncate"], inner_steps)`` steps;
+    ``"implicit"`` uses ``spec["lam"]`` and ``spec["cg_steps"]``.
+    """
+    from mmjax.meta.meta_gradients import MetaGradient
+
+    order = spec["order"]
+    if order in ORDERS:
+        return {"first_order": order == "first"}
+    truncate = min(spec.get("truncate", 1), spec["inner_steps"])
+    return {
+        "meta_gradient": MetaGradient(
+            order,
+            truncate=truncate if order == "truncated" else None,
+            lam=spec.get("lam", 1.0),
+            cg_steps=spec.get("cg_steps", 20),
+        )
+    }
+
+
+def _quality_episodes(spec: dict):
+    """A task batch for gradient quality: synthetic (the timing shapes) or real Omniglot."""
+    import jax
+
+    model, episodes, params, _, _ = _build(spec)
+    if spec.get("quality_data", "synthetic") == "omniglot":
+        from mmjax.data import omniglot_splits, sample_episodes, to_device
+
+        train = to_device(omniglot_splits(image_size=spec["image_size"])["train"])
+        episodes = sample_episodes(
+            jax.random.PRNGKey(1),
+            train,
+            batch_size=spec["meta_batch"],
+            ways=spec["ways"],
+            shots=spec["shots"],
+            queries=spec["queries"],
+        )
+    return model, episodes, params
+
+
+def gradient_quality(spec: dict) -> list[dict]:
+    """Cosine similarity and relative L2 error of each mode's meta-gradient to the exact one.
+
+    On one task batch, at the initialisation and after ``spec["quality_train_steps"]`` exact
+    (second-order, 1 inner step) Adam meta-steps, for every count in
+    ``spec["quality_inner_steps"]`` and every mode in ``spec["modes"]``. ``implicit`` rows also
+    carry the error to the exact gradient of the same proximal inner loop unrolled
+    (``implicit_vs_unrolled_rel_error``), which the implicit gradient approximates.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from mmjax.meta import maml
+
+    model, episodes, params = _quality_episodes(spec)
+    loss_fn = maml.classification_loss(model.apply)
+    optimizer = optax.adam(1e-3)
+    train_step = maml.make_meta_train_step(
+        loss_fn, optimizer, inner_lr=0.4, num_steps=1, task_batching="vmap"
+    )
+    trained, opt_state = jax.tree.map(jnp.copy, params), optimizer.init(params)
+    for _ in range(spec["quality_train_steps"]):
+        trained, opt_state, _ = train_step(trained, opt_state, episodes)
+
+    def flat(tree):  # traced: one vector of the gradient
+        return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
+
+    def grad_fn(steps, **settings):  # compiled once, used at both stages
+        return jax.jit(
+            lambda q: flat(
+                maml.meta_grad(
+                    q,
+                    episodes,
+                    loss_fn=loss_fn,
+                    inner_lr=0.4,
+                    num_steps=steps,
+                    task_batching="vmap",
+                    **settings,
+                )[0]
+            )
+        )
+
+    def compare(g, ref):
+        g, ref = np.asarray(g, np.float64), np.asarray(ref, np.float64)
+        cos = float(g @ ref / (np.linalg.norm(g) * np.linalg.norm(ref) + 1e-30))
+        return round(cos, 6), float(f"{np.linalg.norm(g - ref) / np.linalg.norm(ref):.4g}")
+
+    stages = (("init", params), ("trained", trained))
+    rows = []
+    for steps in spec["quality_inner_steps"]:
+        exact_fn = grad_fn(steps)
+        exact = {stage: exact_fn(p) for stage, p in stages}
+        for mode in spec["modes"]:
+            mode_fn = grad_fn(
+                steps, **meta_gradient_settings(dict(spec, order=mode, inner_steps=steps))
+            )
+            for stage, p in stages:
+                g = mode_fn(p)
+                cos, rel = compare(g, exact[stage])
+                row = {"stage": stage, "mode": mode, "inner_steps": steps}
+                row.update(cosine=cos, rel_l2_error=rel)
+                if mode == "truncated":
+                    row["truncate"] = min(spec.get("truncate", 1), steps)
+                if mode == "implicit":
+                    lam = spec.get("lam", 1.0)
+                    row.update(lam=lam, cg_steps=spec.get("cg_steps", 20))
+                    row["implicit_vs_unrolled_rel_error"] = compare(
+                        g, _unrolled_proximal_grad(loss_fn, p, episodes, steps, lam)
+                    )[1]
+                rows.append(row)
+    rows.sort(key=lambda r: (r["stage"] != "init", r["inner_steps"]))
+    return rows
+
+
+def _unrolled_proximal_grad(loss_fn, params, episodes, steps: int, lam: float):
+    """Exact meta-gradient through ``steps`` of GD on the proximal objective (iMAML's target)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from mmjax.meta import maml
+
+    def per_task(theta, episode):
+        def proximal(phi, inputs, labels):
+            loss, metrics = loss_fn(phi, inputs, labels)
+            distance = sum(
+                jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(phi), jax.tree.leaves(theta))
+            )
+            return loss + 0.5 * lam * distance, metrics
+
+        adapted, _ = maml.adapt(
+            theta,
+            episode.support_inputs,
+            episode.support_labels,
+            loss_fn=proximal,
+            inner_lr=0.4,
+            num_steps=steps,
+        )
+        return loss_fn(adapted, episode.query_inputs, episode.query_labels)
+
+    grads, _ = jax.jit(lambda p: maml.grad_over_tasks(per_task, p, episodes, "vmap"))(params)
+    return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(grads)])
 
 
 # --------------------------------------------------------------------------- processes
@@ -302,7 +472,7 @@ def markdown(rows: list[dict], header: str = "") -> str:
     if with_l2l:
         head += " learn2learn tasks/s | speed-up |"
     if with_acc:
-        head += " train steps | test accuracy (95% CI) |"
+        head += " train steps | test accuracy (95% CI) | with-support BN accuracy |"
     lines = [header] if header else []
     lines += [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
     for r in rows:
@@ -325,8 +495,15 @@ def markdown(rows: list[dict], header: str = "") -> str:
                     f" {r['train_steps']} | {100 * r['test_accuracy']:.1f}% "
                     f"± {100 * r['test_accuracy_ci95']:.1f} |"
                 )
+                if "test_accuracy_with_support" in r:
+                    line += (
+                        f" {100 * r['test_accuracy_with_support']:.1f}% "
+                        f"± {100 * r['test_accuracy_with_support_ci95']:.1f} |"
+                    )
+                else:
+                    line += " - |"
             else:
-                line += " - | - |"
+                line += " - | - | - |"
         lines.append(line)
     return "\n".join(lines) + "\n"
 
@@ -344,7 +521,8 @@ def plot(rows: list[dict], out_dir: str) -> list[str]:
     shape_of = lambda r: (r["ways"], r["shots"], r["queries"], r["meta_batch"])  # noqa: E731
     shape = shape_of(rows[0])
     rows = [r for r in rows if shape_of(r) == shape]
-    colors = {"second": "tab:blue", "first": "tab:orange"}
+    colors = {"second": "tab:blue", "first": "tab:orange", "truncated": "tab:green",
+              "implicit": "tab:red"}  # fmt: skip
     paths = []
     for key, ylabel, name in (
         ("s_per_step", "seconds per meta-step", "time_vs_inner_steps.png"),
@@ -355,7 +533,7 @@ def plot(rows: list[dict], out_dir: str) -> list[str]:
         ),
     ):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for order in ORDERS:
+        for order in MODES:
             for remat in (False, True):
                 line = sorted(
                     (r for r in rows if r["order"] == order and r["remat"] == remat),
@@ -401,6 +579,90 @@ def plot(rows: list[dict], out_dir: str) -> list[str]:
     return paths
 
 
+def quality_markdown(rows: list[dict]) -> str:
+    """Gradient-quality rows as a Markdown table (one line per stage, inner steps, mode)."""
+    lines = [
+        (
+            "| stage | inner steps | mode | cosine to exact | relative L2 error | "
+            "implicit vs unrolled proximal |"
+        ),
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        mode = r["mode"] + (f" (k={r['truncate']})" if "truncate" in r else "")
+        mode += f" (lam={r['lam']}, cg={r['cg_steps']})" if "lam" in r else ""
+        unrolled = r.get("implicit_vs_unrolled_rel_error")
+        lines.append(
+            f"| {r['stage']} | {r['inner_steps']} | {mode} | {r['cosine']:.4f} | "
+            f"{r['rel_l2_error']:.3g} | {'-' if unrolled is None else f'{unrolled:.3g}'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_quality(rows: list[dict], out_dir: str) -> str:
+    """Relative L2 error to the exact meta-gradient vs inner steps, per mode and stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        for stage, style in (("init", "-"), ("trained", "--")):
+            line = [r for r in rows if r["mode"] == mode and r["stage"] == stage]
+            if line:
+                ax.plot([r["inner_steps"] for r in line],
+                        [max(r["rel_l2_error"], 1e-12) for r in line], marker="o",
+                        linestyle=style, label=f"{mode}, {stage}")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("inner steps")
+    ax.set_ylabel("relative L2 error to the exact meta-gradient")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "gradient_error_vs_inner_steps.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_budget(rows: list[dict], out_dir: str) -> str:
+    """Meta-test accuracy vs wall-clock training seconds, one line per mode (``--budgets``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        runs = r.get("budget_runs", [])
+        if runs:
+            ax.errorbar([b["train_s"] for b in runs], [100 * b["test_accuracy"] for b in runs],
+                        yerr=[100 * b["test_accuracy_ci95"] for b in runs], marker="o",
+                        capsize=3, label=f"{r['order']}, {r['inner_steps']} inner steps")  # fmt: skip
+    ax.set_xlabel("wall-clock training seconds (incl. compile)")
+    ax.set_ylabel("meta-test accuracy, % (95% CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "accuracy_vs_wall_clock.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _budget_runs(run, spec: dict, row: dict, args) -> list[dict]:
+    """Trains the row's mode for each ``--budgets`` seconds (steps = budget / s_per_step)."""
+    runs = []
+    for budget in args.budgets:
+        steps = max(1, int(budget / row["s_per_step"]))
+        acc_spec = dict(spec, train_steps=steps, test_episodes=args.test_episodes,
+                        workdir=os.path.join(args.out, "budget", f"{_slug(spec)}_{budget:g}s"))  # fmt: skip
+        runs.append(dict(run("accuracy", acc_spec), budget_s=budget))
+    return runs
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -408,7 +670,33 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--out", default="maml_orders_out", help="output directory")
-    parser.add_argument("--orders", nargs="+", default=list(ORDERS), choices=ORDERS)
+    parser.add_argument(
+        "--orders",
+        nargs="+",
+        default=list(ORDERS),
+        choices=MODES,
+        help="second (exact), first, truncated (--truncate), implicit (--lam, --cg_steps)",
+    )
+    parser.add_argument("--truncate", type=int, default=1, help="truncated: exact last steps")
+    parser.add_argument("--lam", type=float, default=1.0, help="implicit: proximal strength")
+    parser.add_argument("--cg_steps", type=int, default=20, help="implicit: CG iterations")
+    parser.add_argument(
+        "--gradient_quality",
+        action="store_true",
+        help="cosine / relative error of every --orders mode's meta-gradient to the exact one",
+    )
+    parser.add_argument("--quality_inner_steps", nargs="+", type=int, default=list(QUALITY_STEPS))
+    parser.add_argument(
+        "--quality_train_steps", type=int, default=200, help="exact meta-steps before 'trained'"
+    )
+    parser.add_argument("--quality_data", choices=["synthetic", "omniglot"], default="omniglot")
+    parser.add_argument(
+        "--budgets",
+        nargs="+",
+        type=float,
+        default=[],
+        help="wall-clock seconds: train each mode for budget / s_per_step steps on Omniglot",
+    )
     parser.add_argument("--inner_steps", nargs="+", type=int, default=[1, 2, 5, 10])
     parser.add_argument("--ways", nargs="+", type=int, default=[5])
     parser.add_argument("--shots", nargs="+", type=int, default=[1])
@@ -495,6 +783,10 @@ def _check_args(args) -> None:
         low = 0 if name == "inner_steps" else 1
         if any(v < low for v in values):
             raise ValueError(f"--{name} values must be >= {low}; got {values}")
+    if any(v < 1 for v in args.quality_inner_steps) or args.quality_train_steps < 0:
+        raise ValueError("--quality_inner_steps must be >= 1 and --quality_train_steps >= 0")
+    if args.truncate < 0 or args.lam <= 0 or args.cg_steps < 1 or any(b <= 0 for b in args.budgets):
+        raise ValueError("--truncate must be >= 0, --lam > 0, --cg_steps >= 1, --budgets > 0")
     for name in ("repeats", "rounds", "features", "image_size", "train_steps", "test_episodes"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1; got {getattr(args, name)}")
@@ -522,6 +814,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(json.dumps({"matmul_peak_gflop_s": matmul_peak_gflops(spec["size"])}))
         elif task == "measure":
             print(json.dumps(measure(spec)))
+        elif task == "quality":
+            print(json.dumps({"rows": gradient_quality(spec)}))
         else:
             print(json.dumps(train_accuracy(spec)))
         return []
@@ -541,6 +835,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if "--resnet_widths" not in given:
             args.resnet_widths = [4, 4]
         args.train_steps, args.test_episodes = min(args.train_steps, 3), min(args.test_episodes, 10)
+        if "--quality_inner_steps" not in given:
+            args.quality_inner_steps = [1, 2]
+        args.quality_train_steps = min(args.quality_train_steps, 2)
+        if "--quality_data" not in given:
+            args.quality_data = "synthetic"
     os.makedirs(args.out, exist_ok=True)
     run = (lambda task, spec: _CHILD_TASKS[task](spec)) if args.smoke else _in_child
     peak = run("peak", {"size": 512 if args.smoke else 2048})["matmul_peak_gflop_s"]
@@ -571,6 +870,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             unroll=args.unroll if args.unroll else True,
             matmul_peak_gflop_s=round(peak, 2),
             num_blocks=1 if args.smoke else 4,
+            **({"truncate": args.truncate} if order == "truncated" else {}),
+            **({"lam": args.lam, "cg_steps": args.cg_steps} if order == "implicit" else {}),
         )
         if args.dataset != "omniglot" or args.backbone != "conv4":
             spec.update(
@@ -630,6 +931,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 workdir=os.path.join(args.out, "accuracy", _slug(spec)),
             )
             row.update(run("accuracy", acc_spec))
+        if args.budgets:
+            row["budget_runs"] = _budget_runs(run, spec, row, args)
         rows.append(row)
         print(json.dumps(row), flush=True)
         with open(jsonl, "a") as f:
@@ -656,7 +959,34 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f.write(table)
     print(table)
     plot(rows, args.out)
+    if args.budgets:
+        plot_budget(rows, args.out)
+    if args.gradient_quality:
+        quality = run_gradient_quality(run, args, peak)
+        for row in rows:
+            row["gradient_quality"] = [q for q in quality if q["mode"] == row["order"]]
     return rows
+
+
+def run_gradient_quality(run, args, peak: float) -> list[dict]:
+    """``--gradient_quality``: rows to OUT/gradient_quality.{jsonl,md} and the error plot."""
+    spec = dict(
+        ways=args.ways[0], shots=args.shots[0], queries=args.queries[0],
+        meta_batch=args.meta_batch[0], features=args.features, image_size=args.image_size,
+        conv_impl=args.conv_impl, num_blocks=1 if args.smoke else 4,
+        modes=[m for m in args.orders if m != "second"], truncate=args.truncate, lam=args.lam,
+        cg_steps=args.cg_steps, quality_inner_steps=args.quality_inner_steps,
+        quality_train_steps=args.quality_train_steps, quality_data=args.quality_data,
+    )  # fmt: skip
+    quality = run("quality", spec)["rows"]
+    with open(os.path.join(args.out, "gradient_quality.jsonl"), "w") as f:
+        f.writelines(json.dumps(q) + "\n" for q in quality)
+    table = quality_markdown(quality)
+    with open(os.path.join(args.out, "gradient_quality.md"), "w") as f:
+        f.write(table)
+    print(table)
+    plot_quality(quality, args.out)
+    return quality
 
 
 def _seconds(t: float) -> float:
@@ -666,6 +996,7 @@ def _seconds(t: float) -> float:
 
 
 def _slug(spec: dict) -> str:
+    """A directory name for the row's configuration."""
     return (
         f"{spec['order']}_k{spec['inner_steps']}_remat{int(spec['remat'])}_"
         f"{spec['ways']}w{spec['shots']}s{spec['queries']}q_mb{spec['meta_batch']}"
@@ -687,6 +1018,7 @@ _CHILD_TASKS = {
     "peak": lambda spec: {"matmul_peak_gflop_s": matmul_peak_gflops(spec["size"], repeats=3)},
     "measure": measure,
     "accuracy": train_accuracy,
+    "quality": lambda spec: {"rows": gradient_quality(spec)},
 }
 
 if __name__ == "__main__":

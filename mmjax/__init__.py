@@ -12,6 +12,7 @@ from mmjax.configs import apply_overrides, available_configs, get_config
 from mmjax.data import Episode, omniglot_splits, sample_episode, sample_episodes
 from mmjax.fusion import make_fusion
 from mmjax.meta import (
+    MetaGradient,
     MetaLearner,
     adapt,
     classification_loss,
@@ -34,6 +35,7 @@ __all__ = [
     "Conv4",
     "Episode",
     "MLP",
+    "MetaGradient",
     "MetaLearner",
     "MultimodalEncoder",
     "StrokeEncoder",

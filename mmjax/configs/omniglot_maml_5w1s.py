@@ -45,6 +45,14 @@ def get_config() -> ml_collections.ConfigDict:
             first_order=False,
             remat=False,
             task_batching="auto",  # "vmap", "scan" or a chunk size; see resolve_task_batching
+            # "exact", "first_order", "truncated" or "implicit" (docs/meta_gradients.md)
+            meta_gradient="exact",
+            truncate=1,  # "truncated": exact through the last `truncate` inner steps
+            lam=1.0,  # "implicit": proximal strength
+            cg_steps=20,  # "implicit": conjugate-gradient iterations of the backward solve
+            cg_tol=1e-6,  # "implicit": CG relative tolerance
+            first_order_until=0,  # MAML++ annealing: first order before this meta-step
+            eval_batch_norm="transductive",  # or "with_support", "per_query"
         )
     )
     config.optimizer = ml_collections.ConfigDict(

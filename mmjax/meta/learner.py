@@ -10,6 +10,10 @@ A :class:`MetaLearner` is a bundle of pure functions over a meta-parameter pytre
 - ``evaluate(meta_params, episodes) -> metrics``: per-task metrics (leading task axis), at
   least ``accuracy`` and ``loss``, after whatever test-time adaptation the algorithm does.
 
+``takes_meta_step``: ``meta_grad`` also takes ``meta_step=`` (the traced meta-step index,
+for schedules such as derivative-order annealing). ``eval_batch_norm``: how ``evaluate``
+batches the queries through batch norm (:mod:`mmjax.meta.batch_norm_eval`).
+
 Learners are hashable (they hold only functions and static settings), so they can be static
 arguments of ``jit``.
 """
@@ -25,7 +29,7 @@ import chex
 import flax.linen as nn
 
 from mmjax.data.episodes import Episode
-from mmjax.meta import maml
+from mmjax.meta import batch_norm_eval, maml, meta_gradients
 
 Params = Any
 
@@ -38,6 +42,8 @@ class MetaLearner:
     init: Callable[[chex.PRNGKey, chex.ArrayTree], Params]
     meta_grad: Callable[[Params, Episode], tuple[Params, dict]]
     evaluate: Callable[[Params, Episode], dict]
+    takes_meta_step: bool = False
+    eval_batch_norm: str = "transductive"
 
 
 def maml_learner(
@@ -49,6 +55,13 @@ def maml_learner(
     first_order: bool = False,
     remat: bool = False,
     task_batching: str | int = "auto",
+    meta_gradient: str = "exact",
+    truncate: int | None = None,
+    lam: float = 1.0,
+    cg_steps: int = 20,
+    cg_tol: float = 1e-6,
+    first_order_until: int = 0,
+    eval_batch_norm: str = "transductive",
 ) -> MetaLearner:
     """MAML (``first_order=False``) or FOMAML on ``model`` (a Flax classifier).
 
@@ -61,33 +74,82 @@ def maml_learner(
       remat: rematerialise inner steps (see :func:`mmjax.meta.maml.adapt`).
       task_batching: how the task batch is mapped
         (:func:`mmjax.meta.maml.resolve_task_batching`).
+      meta_gradient: ``"exact"``, ``"first_order"``, ``"truncated"`` (``truncate``) or
+        ``"implicit"`` (``lam``, ``cg_steps``, ``cg_tol``; also the inner problem at
+        evaluation); see :mod:`mmjax.meta.meta_gradients`.
+      first_order_until: first-order meta-steps before this one (MAML++ annealing); the
+        learner's ``meta_grad`` then takes ``meta_step=``.
+      eval_batch_norm: query batching at evaluation (:mod:`mmjax.meta.batch_norm_eval`).
     """
     loss_fn = maml.classification_loss(model.apply)
+    spec = meta_gradients.meta_gradient_spec(
+        meta_gradient,
+        first_order=first_order,
+        truncate=truncate,
+        lam=lam,
+        cg_steps=cg_steps,
+        cg_tol=cg_tol,
+        first_order_until=first_order_until,
+    )
+    meta_gradients.check_num_steps(spec, num_inner_steps)
+    batch_norm_eval.check_eval_batch_norm(eval_batch_norm)
     maml._check_settings(inner_lr=inner_lr, num_steps=num_inner_steps)
     eval_steps = num_inner_steps if eval_num_inner_steps is None else eval_num_inner_steps
     maml._check_settings(inner_lr=inner_lr, num_steps=eval_steps)
     maml.resolve_task_batching(task_batching)
+    legacy = meta_gradient == "exact" and not spec.annealed
     meta_grad = functools.partial(
         maml.meta_grad,
         loss_fn=loss_fn,
         inner_lr=inner_lr,
         num_steps=num_inner_steps,
-        first_order=first_order,
+        first_order=first_order if legacy else False,
         remat=remat,
         task_batching=task_batching,
+        **({} if legacy else {"meta_gradient": spec}),
     )
+    # Evaluation adapts with the training inner problem (proximal for "implicit").
+    eval_spec = "exact" if spec.mode != "implicit" else spec._replace(first_order_until=0)
     per_task = functools.partial(
-        maml.task_loss, loss_fn=loss_fn, inner_lr=inner_lr, num_steps=eval_steps
+        _eval_task_loss,
+        model.apply,
+        loss_fn=loss_fn,
+        inner_lr=inner_lr,
+        num_steps=eval_steps,
+        meta_gradient=eval_spec,
+        eval_batch_norm=eval_batch_norm,
     )
 
     evaluate = functools.partial(maml.metrics_per_task, per_task, task_batching=task_batching)
-
+    names = {"first_order": "fomaml", "implicit": "imaml"}
     return MetaLearner(
-        name="fomaml" if first_order else "maml",
+        name=names.get(spec.mode, "maml"),
         init=model.init,
         meta_grad=meta_grad,
         evaluate=evaluate,
+        takes_meta_step=spec.annealed,
+        eval_batch_norm=eval_batch_norm,
     )
+
+
+def _eval_task_loss(apply_fn, params, episode, *, eval_batch_norm, **settings):
+    """:func:`maml.task_loss`, with the queries batched through batch norm as asked."""
+    if eval_batch_norm == "transductive":
+        return maml.task_loss(params, episode, **settings)
+    adapted, inner_losses = maml.adapt(
+        params, episode.support_inputs, episode.support_labels, **settings
+    )
+    loss, metrics = batch_norm_eval.query_metrics(
+        apply_fn,
+        adapted,
+        episode.support_inputs,
+        episode.query_inputs,
+        episode.query_labels,
+        mode=eval_batch_norm,
+    )
+    if settings["num_steps"] > 0:
+        metrics["support_loss"] = inner_losses[0]
+    return loss, metrics
 
 
 _REGISTRY: dict[str, Callable[..., MetaLearner]] = {}

@@ -26,6 +26,7 @@ from flax.errors import ScopeParamShapeError
 
 from mmjax.data.episodes import Episode
 from mmjax.validation import check_labels, is_concrete, is_real_number
+from mmjax.meta import meta_gradients
 
 Params = Any
 LossFn = Callable[[Params, chex.ArrayTree, chex.Array], tuple[chex.Array, dict]]
@@ -158,6 +159,7 @@ def adapt(
     remat: bool = False,
     unroll: int | bool = 1,
     signed_rates: bool = False,
+    meta_gradient: str | meta_gradients.MetaGradient = "exact",
 ) -> tuple[Params, chex.Array]:
     """Runs ``num_steps`` of SGD on ``loss_fn`` from ``params`` (MAML's inner loop).
 
@@ -176,6 +178,8 @@ def adapt(
         loop's body is counted once), and small loops may run faster on CPU.
       signed_rates: accept negative per-parameter rates (Meta-SGD's meta-learned ones); by
         default every concrete rate must be finite and ``> 0`` (NaN/inf are always refused).
+      meta_gradient: ``"exact"``, ``"first_order"``, ``"truncated"``, ``"implicit"`` or a
+        :class:`~mmjax.meta.meta_gradients.MetaGradient` (annealing needs :func:`task_loss`).
 
     Returns:
       ``(adapted_params, losses)`` with ``losses: [num_steps]`` the support loss before
@@ -183,6 +187,13 @@ def adapt(
     """
     _check_settings(inner_lr=inner_lr, num_steps=num_steps, signed=signed_rates)
     check_inner_lr(inner_lr, params, signed=signed_rates)
+    if not _is_legacy(meta_gradient):
+        spec = meta_gradients.meta_gradient_spec(meta_gradient, first_order=first_order)
+        if spec.annealed:
+            raise ValueError("first_order_until needs the meta-step: use task_loss(meta_step=...)")
+        settings = {"loss_fn": loss_fn, "inner_lr": inner_lr, "num_steps": num_steps}
+        settings.update(meta_gradient=spec, remat=remat, unroll=unroll)
+        return meta_gradients.adapt(params, inputs, labels, **settings)
     _check_support(inputs, labels)
 
     def step(current, _):
@@ -208,6 +219,8 @@ def task_loss(
     remat: bool = False,
     unroll: int | bool = 1,
     signed_rates: bool = False,
+    meta_gradient: str | meta_gradients.MetaGradient = "exact",
+    meta_step: chex.Array | None = None,
 ) -> tuple[chex.Array, dict]:
     """Adapts on the support set, then returns the query loss and metrics of one task.
 
@@ -217,6 +230,9 @@ def task_loss(
 
     Metrics: the query metrics of ``loss_fn`` after adaptation, plus ``support_loss``
     (the support loss before adaptation; equals the query-free loss when ``num_steps=0``).
+
+    ``meta_gradient`` as in :func:`adapt`; with ``first_order_until > 0`` the scalar
+    ``meta_step`` (traced) picks first order or ``meta_gradient.mode`` by one ``lax.cond``.
     """
     for field in ("support_labels", "query_labels"):
         labels = getattr(episode, field)
@@ -225,6 +241,19 @@ def task_loss(
                 f"episode.{field} has shape {jnp.shape(labels)}; expected [examples]: "
                 "task_loss takes one Episode without a task axis (meta_loss takes a batch)"
             )
+    if not _is_legacy(meta_gradient):
+        spec = meta_gradients.meta_gradient_spec(meta_gradient, first_order=first_order)
+        if spec.annealed:
+            early = meta_gradients.annealed_first_order(spec, meta_step)
+            settings = {"loss_fn": loss_fn, "inner_lr": inner_lr, "num_steps": num_steps}
+            settings.update(remat=remat, unroll=unroll)
+
+            def branch(mode):
+                mode_spec = spec._replace(mode=mode, first_order_until=0)
+                return lambda p: task_loss(p, episode, meta_gradient=mode_spec, **settings)
+
+            return jax.lax.cond(early, branch("first_order"), branch(spec.mode), params)
+        meta_gradient, first_order = spec, False
     adapted, inner_losses = adapt(
         params,
         episode.support_inputs,
@@ -236,6 +265,7 @@ def task_loss(
         remat=remat,
         unroll=unroll,
         signed_rates=signed_rates,
+        meta_gradient=meta_gradient,
     )
     loss, metrics = loss_fn(adapted, episode.query_inputs, episode.query_labels)
     metrics = dict(metrics)
@@ -458,6 +488,8 @@ def meta_loss(
     remat: bool = False,
     unroll: int | bool = 1,
     task_batching: str | int = "auto",
+    meta_gradient: str | meta_gradients.MetaGradient = "exact",
+    meta_step: chex.Array | None = None,
 ) -> tuple[chex.Array, dict]:
     """Mean query loss over a task batch (leading axis of every ``episodes`` leaf).
 
@@ -474,6 +506,8 @@ def meta_loss(
         first_order=first_order,
         remat=remat,
         unroll=unroll,
+        meta_gradient=meta_gradient,
+        meta_step=meta_step,
     )
     return mean_over_tasks(per_task, params, episodes, task_batching)
 
@@ -484,7 +518,7 @@ def meta_grad(
     """Gradient of :func:`meta_loss` w.r.t. the meta-parameters, and the batch metrics.
 
     ``kwargs`` are :func:`task_loss`'s settings (``loss_fn``, ``inner_lr``, ``num_steps``,
-    ...); ``task_batching``: see :func:`resolve_task_batching`.
+    ``meta_gradient``, ``meta_step``, ...); ``task_batching``: see :func:`resolve_task_batching`.
     """
     per_task = functools.partial(task_loss, **kwargs)
     return grad_over_tasks(per_task, params, episodes, task_batching)
@@ -501,9 +535,12 @@ class MetaStep(NamedTuple):
     remat: bool = False
     unroll: int | bool = 1
     task_batching: str | int = "auto"
+    meta_gradient: str | meta_gradients.MetaGradient = "exact"
 
-    def grad(self, params: Params, episodes: Episode) -> tuple[Params, dict]:
-        """Meta-gradient and metrics for a task batch."""
+    def grad(
+        self, params: Params, episodes: Episode, meta_step: chex.Array | None = None
+    ) -> tuple[Params, dict]:
+        """Meta-gradient and metrics for a task batch (``meta_step``: for annealing)."""
         return meta_grad(
             params,
             episodes,
@@ -514,6 +551,7 @@ class MetaStep(NamedTuple):
             remat=self.remat,
             unroll=self.unroll,
             task_batching=self.task_batching,
+            **_meta_gradient_kwargs(self.meta_gradient, meta_step),
         )
 
     def apply(self, params: Params, opt_state: optax.OptState, grads: Params):
@@ -521,9 +559,15 @@ class MetaStep(NamedTuple):
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    def __call__(self, params: Params, opt_state: optax.OptState, episodes: Episode):
+    def __call__(
+        self,
+        params: Params,
+        opt_state: optax.OptState,
+        episodes: Episode,
+        meta_step: chex.Array | None = None,
+    ):
         """One meta-step: ``-> (params, opt_state, metrics)``."""
-        grads, metrics = self.grad(params, episodes)
+        grads, metrics = self.grad(params, episodes, meta_step)
         params, opt_state = self.apply(params, opt_state, grads)
         return params, opt_state, metrics
 
@@ -541,6 +585,7 @@ def make_meta_train_step(
     jit: bool = True,
     donate: bool = True,
     skip_nonfinite: bool = False,
+    meta_gradient: str | meta_gradients.MetaGradient = "exact",
 ):
     """Builds ``step(params, opt_state, episodes) -> (params, opt_state, metrics)``.
 
@@ -561,12 +606,18 @@ def make_meta_train_step(
         ``nan_policy="skip"``) and set ``metrics["finite"]`` to ``False``; costs one
         reduction over the gradient. Safe with ``donate``: the last good parameters are
         what the step returns.
+      meta_gradient: see :func:`adapt`; with ``first_order_until > 0`` the step takes a
+        fourth argument, the meta-step index.
     """
     _check_settings(inner_lr=inner_lr, num_steps=num_steps)
     resolve_task_batching(task_batching)  # validates before tracing
+    if not _is_legacy(meta_gradient):
+        meta_gradient = meta_gradients.meta_gradient_spec(meta_gradient, first_order=first_order)
+        meta_gradients.check_num_steps(meta_gradient, num_steps)
     settings = MetaStep(
-        loss_fn, optimizer, inner_lr, num_steps, first_order, remat, unroll, task_batching
-    )
+        loss_fn, optimizer, inner_lr, num_steps, first_order, remat, unroll, task_batching,
+        meta_gradient,
+    )  # fmt: skip
     step = guarded_meta_step(settings) if skip_nonfinite else settings.__call__
     if not jit:
         return step
@@ -603,14 +654,25 @@ def guarded_meta_step(settings: MetaStep, axis_name: str | None = None) -> Calla
     axis first, so every device makes the same decision.
     """
 
-    def step(params, opt_state, episodes):
-        grads, metrics = settings.grad(params, episodes)
+    def step(params, opt_state, episodes, meta_step=None):
+        grads, metrics = settings.grad(params, episodes, meta_step)
         if axis_name is not None:
             grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
         new_params, new_opt_state = settings.apply(params, opt_state, grads)
         return keep_if_finite(params, opt_state, new_params, new_opt_state, grads, metrics)
 
     return step
+
+
+def _is_legacy(meta_gradient) -> bool:
+    """``"exact"`` by name: the ``first_order`` flag alone decides (the original path)."""
+    return isinstance(meta_gradient, str) and meta_gradient == "exact"
+
+
+def _meta_gradient_kwargs(meta_gradient, meta_step) -> dict:
+    if _is_legacy(meta_gradient) and meta_step is None:
+        return {}
+    return {"meta_gradient": meta_gradient, "meta_step": meta_step}
 
 
 def _check_settings(*, inner_lr, num_steps, signed: bool = False) -> None:

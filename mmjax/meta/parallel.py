@@ -17,6 +17,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mmjax.meta import meta_gradients
 from mmjax.meta.maml import LossFn, MetaStep, _check_settings, guarded_meta_step
 
 TASK_AXIS = "tasks"
@@ -177,6 +178,7 @@ def make_sharded_meta_train_step(
     task_batching: str | int = "vmap",
     donate: bool = True,
     skip_nonfinite: bool = False,
+    meta_gradient: str | meta_gradients.MetaGradient = "exact",
 ):
     """Builds a ``jit`` step whose task batch is sharded over ``mesh`` (axis ``"tasks"``).
 
@@ -188,19 +190,26 @@ def make_sharded_meta_train_step(
     sharded, and a scanned axis cannot be split over devices. ``donate`` (the inputs
     ``params``/``opt_state`` are deleted by the call) and ``skip_nonfinite`` (keep them when
     the gradient or loss is not finite; ``metrics["finite"]``): as in
-    :func:`mmjax.meta.maml.make_meta_train_step`.
+    :func:`mmjax.meta.maml.make_meta_train_step`. ``meta_gradient``: see
+    :func:`mmjax.meta.maml.adapt`; when annealed the step takes the meta-step index as a
+    fourth (replicated) argument.
     """
     _check_settings(inner_lr=inner_lr, num_steps=num_steps)
     mesh = task_mesh() if mesh is None else mesh
+    annealed = False
+    if meta_gradient != "exact":
+        meta_gradient = meta_gradients.meta_gradient_spec(meta_gradient, first_order=first_order)
+        meta_gradients.check_num_steps(meta_gradient, num_steps)
+        annealed = meta_gradient.annealed
     settings = MetaStep(
         loss_fn, optimizer, inner_lr, num_steps, first_order, remat, task_batching=task_batching
-    )
+    )._replace(meta_gradient=meta_gradient)
     replicated = NamedSharding(mesh, P())
     by_task = NamedSharding(mesh, P(TASK_AXIS))
 
     jitted = jax.jit(
         guarded_meta_step(settings) if skip_nonfinite else settings.__call__,
-        in_shardings=(replicated, replicated, by_task),
+        in_shardings=(replicated, replicated, by_task) + ((replicated,) if annealed else ()),
         out_shardings=(replicated, replicated, replicated),
         donate_argnums=(0, 1) if donate else (),
     )

@@ -79,8 +79,9 @@ def evaluate_learner(
         function serves every value (e.g. every modality condition).
 
     Returns:
-      dict with ``accuracy``, ``accuracy_ci95`` (half-width), ``loss``, ``num_episodes`` and
-      ``per_episode_accuracy`` (``[num_episodes]`` numpy array).
+      dict with ``accuracy``, ``accuracy_ci95`` (half-width), ``loss``, ``num_episodes``,
+      ``per_episode_accuracy`` (``[num_episodes]`` numpy array) and ``batch_norm``, the
+      evaluation's batch-norm mode (:mod:`mmjax.meta.batch_norm_eval`).
     """
     if num_episodes < 2:
         raise ValueError(f"num_episodes must be >= 2 for a confidence interval; got {num_episodes}")
@@ -120,4 +121,5 @@ def evaluate_learner(
         "loss": float(loss.mean()),
         "num_episodes": int(num_episodes),
         "per_episode_accuracy": accuracy,
+        "batch_norm": learner.eval_batch_norm,
     }

@@ -24,8 +24,13 @@ class MetricsWriter:
             self._jsonl.write("\n")
 
     def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
-        """Logs the scalar entries of ``metrics`` (arrays of shape ``[]``) as ``<split>/<name>``."""
-        scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+        """Logs the numeric scalar entries of ``metrics`` (shape ``[]``) as ``<split>/<name>``.
+
+        Strings (e.g. the ``batch_norm`` mode of an evaluation) are not logged.
+        """
+        scalars = {
+            k: float(v) for k, v in metrics.items() if np.ndim(v) == 0 and not isinstance(v, str)
+        }
         for name, value in scalars.items():
             self._tb.add_scalar(f"{split}/{name}", value, step)
         self._jsonl.write(json.dumps({"step": int(step), "split": split, **scalars}) + "\n")

@@ -151,7 +151,8 @@ def make_train_step(
         if augmentation is not None:
             episodes = augment_episodes(jax.random.fold_in(sample_key, 1), episodes, **augmentation)
         episodes = constrain(episodes)
-        grads, metrics = learner.meta_grad(state.params, episodes)
+        step_kwargs = {"meta_step": state.step} if learner.takes_meta_step else {}
+        grads, metrics = learner.meta_grad(state.params, episodes, **step_kwargs)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(metrics["loss"]) & _all_finite(grads)
@@ -394,6 +395,7 @@ def _train_locked(
         "test_accuracy_ci95": test["accuracy_ci95"],
         "test_loss": test["loss"],
         "test_episodes": test["num_episodes"],
+        "test_batch_norm": test["batch_norm"],
         "steps": int(state.step),
         "skipped_steps": skipped,
         "ways": config.ways,

@@ -139,3 +139,31 @@ def test_miniimagenet_shapes_and_resnet12_run(bench, tmp_path, monkeypatch):
     flags = " ".join(calls[0])
     assert "--dataset miniimagenet" in flags and "--backbone resnet12" in flags
     assert "--inner_lr 0.01" in flags and "--image_size 14" in flags
+
+
+def test_meta_gradient_modes_get_rows_and_a_gradient_quality_table(bench, tmp_path):
+    """truncated / implicit rows are timed; gradient quality compares each with exact."""
+    rows = bench.main(["--smoke", "--orders", "truncated", "implicit", "--gradient_quality",
+                       "--quality_inner_steps", "2", "--out", str(tmp_path)])  # fmt: skip
+    assert [r["order"] for r in rows] == ["truncated", "implicit"]
+    assert rows[1]["lam"] == 1.0 and rows[1]["cg_steps"] == 20 and rows[0]["truncate"] == 1
+    lines = (tmp_path / "gradient_quality.jsonl").read_text().splitlines()
+    quality = {(q["stage"], q["mode"], q["inner_steps"]): q for q in map(json.loads, lines)}
+    assert set(quality) == {
+        (stage, mode, steps)
+        for stage in ("init", "trained")
+        for mode in ("truncated", "implicit")
+        for steps in (2,)
+    }
+    for stage in ("init", "trained"):
+        # k = 1 of 2 steps drops the first step's curvature: not exact, but close.
+        assert 1e-3 < quality[(stage, "truncated", 2)]["rel_l2_error"] < 1
+        implicit = quality[(stage, "implicit", 2)]
+        assert 0 < implicit["cosine"] <= 1 and implicit["rel_l2_error"] > 0
+        assert implicit["implicit_vs_unrolled_rel_error"] >= 0
+    assert rows[0]["gradient_quality"] and rows[0]["gradient_quality"][0]["mode"] == "truncated"
+    assert (
+        "| init | 2 | implicit (lam=1.0, cg=20) |" in (tmp_path / "gradient_quality.md").read_text()
+    )
+    for name in ("gradient_error_vs_inner_steps.png", "time_vs_inner_steps.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

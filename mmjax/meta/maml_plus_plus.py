@@ -1,0 +1,302 @@
+"""MAML++ pieces (Antoniou et al. 2019), usable separately: LSLR and the multi-step loss.
+
+- **LSLR** (learned per-layer per-step inner learning rates): the inner rate of parameter
+  tensor ``l`` at inner step ``j`` is a meta-parameter ``α[l][j]``; meta-parameters are
+  ``{"model": θ, "inner_lr": α}`` with ``α`` shaped like ``θ`` but every leaf ``[num_steps]``
+  (:func:`init_lslr`).
+- **Multi-step loss**: the task loss is ``Σ_j w_j L_query(φ_j)``, the query loss after every
+  inner step, with weights annealed from uniform towards the last step
+  (:func:`multi_step_weights`, the schedule of the MAML++ code).
+- **Derivative-order annealing** is ``first_order_until`` of
+  :class:`mmjax.meta.meta_gradients.MetaGradient`.
+
+Per-step batch-norm parameters (BNRS) are not implemented: the Conv-4's batch norm has
+one ``scale``/``bias`` per layer, shared by every inner step.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmjax.data.episodes import Episode
+from mmjax.meta import batch_norm_eval, maml, meta_gradients
+from mmjax.meta.learner import MetaLearner, register
+
+Params = Any
+
+
+def init_lslr(params: Params, *, num_steps: int, inner_lr: float) -> Params:
+    """Per-layer per-step rates: every leaf of ``params`` becomes ``[num_steps]`` of ``inner_lr``."""
+    maml._check_settings(inner_lr=inner_lr, num_steps=num_steps)
+    return jax.tree.map(lambda p: jnp.full((num_steps,), inner_lr, jnp.result_type(p)), params)
+
+
+def multi_step_weights(
+    meta_step: chex.Array | int, *, num_steps: int, anneal_steps: int
+) -> chex.Array:
+    """MAML++'s per-step loss weights ``[num_steps]`` at ``meta_step`` (traced or not).
+
+    Uniform ``1/num_steps`` at meta-step 0; the non-final weights fall linearly by
+    ``1/(num_steps * anneal_steps)`` per meta-step to ``0.03/num_steps``, the final weight
+    rising so the weights sum to 1. ``anneal_steps=0``: the last step only (plain MAML).
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1 for a multi-step loss; got {num_steps}")
+    if anneal_steps < 0:
+        raise ValueError(f"anneal_steps must be >= 0; got {anneal_steps}")
+    last = jnp.arange(num_steps) == num_steps - 1
+    if anneal_steps == 0:
+        return last.astype(jnp.float32)
+    decay = 1.0 / num_steps / anneal_steps
+    floor = 0.03 / num_steps
+    step = jnp.asarray(meta_step, jnp.float32)
+    early = jnp.maximum(1.0 / num_steps - step * decay, floor)
+    final = 1.0 - (num_steps - 1) * early
+    return jnp.where(last, final, early)
+
+
+def adapt(
+    params: Params,
+    episode: Episode,
+    *,
+    loss_fn: maml.LossFn,
+    inner_lr: float | Params,
+    num_steps: int,
+    lslr: bool,
+    first_order_steps: int = 0,
+    query_losses: bool = False,
+) -> tuple[Params, chex.Array, chex.Array]:
+    """Inner SGD on the support set; optionally the query loss after every step.
+
+    Args:
+      params: initial parameters.
+      episode: one task (support ``[ways * shots, ...]``, query ``[ways * queries, ...]``).
+      loss_fn: ``(params, inputs, labels) -> (loss, metrics)``.
+      inner_lr: a scalar (or Meta-SGD pytree), or with ``lslr`` the LSLR rates, every leaf
+        ``[num_steps]``.
+      num_steps: inner steps.
+      lslr: ``inner_lr`` holds one rate per step.
+      first_order_steps: the first this many steps stop the gradient through the inner
+        gradients (truncated back-propagation; ``num_steps``: first order).
+      query_losses: also compute the query loss after every step.
+
+    Returns:
+      ``(adapted, support_losses, query_losses)``, the losses ``[num_steps]`` (support
+      before each step, query after each; zeros when ``query_losses`` is false).
+    """
+    maml._check_settings(inner_lr=0.1 if lslr else inner_lr, num_steps=num_steps)
+    if lslr:
+        _check_lslr(inner_lr, params, num_steps)
+    support = (episode.support_inputs, episode.support_labels)
+
+    def step(first_order, current, lr):
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(current, *support)
+        if first_order:
+            grads = jax.lax.stop_gradient(grads)
+        current = maml._sgd_update(current, grads, lr)
+        query = (
+            loss_fn(current, episode.query_inputs, episode.query_labels)[0]
+            if query_losses
+            else jnp.zeros_like(loss)
+        )
+        return current, (loss, query)
+
+    losses = []
+    head = first_order_steps
+    for first_order, steps in ((True, range(head)), (False, range(head, num_steps))):
+        if not steps:
+            continue
+        if lslr:
+            rates = jax.tree.map(lambda r, s=steps: r[s.start : s.stop], inner_lr)
+            body = functools.partial(step, first_order)
+            params, out = jax.lax.scan(body, params, rates)
+        else:
+            body = lambda c, _, fo=first_order: step(fo, c, inner_lr)
+            params, out = jax.lax.scan(body, params, None, length=len(steps))
+        losses.append(out)
+    if not losses:
+        zero = jnp.zeros((0,))
+        return params, zero, zero
+    support_losses = jnp.concatenate([s for s, _ in losses])
+    return params, support_losses, jnp.concatenate([q for _, q in losses])
+
+
+def task_loss(
+    meta_params: Params,
+    episode: Episode,
+    *,
+    loss_fn: maml.LossFn,
+    inner_lr: float = 0.4,
+    num_steps: int,
+    lslr: bool = True,
+    step_weights: chex.Array | None = None,
+    meta_gradient: str | meta_gradients.MetaGradient = "exact",
+    meta_step: chex.Array | None = None,
+) -> tuple[chex.Array, dict]:
+    """MAML++ loss of one task: ``Σ_j w_j L_query(φ_j)``, or ``L_query(φ_N)`` without weights.
+
+    Args:
+      meta_params: ``{"model": θ, "inner_lr": α}`` with ``lslr`` (``α`` leaves
+        ``[num_steps]``), else ``θ`` with the scalar ``inner_lr``.
+      episode: one task, no task axis.
+      step_weights: ``[num_steps]`` multi-step weights (e.g. :func:`multi_step_weights`);
+        ``None``: the query loss after the last step only.
+      meta_gradient: ``"exact"``, ``"first_order"`` or ``"truncated"`` (``"implicit"`` has
+        no intermediate steps); ``first_order_until`` needs ``meta_step``.
+
+    Returns:
+      Scalar loss and metrics (``loss``, ``accuracy`` of the adapted model on the query
+      set, ``support_loss`` before adaptation, ``final_query_loss``).
+    """
+    spec = meta_gradients.meta_gradient_spec(meta_gradient)
+    if spec.mode == "implicit":
+        raise ValueError("meta_gradient='implicit' is not defined for MAML++'s inner loop")
+    meta_gradients.check_num_steps(spec, num_steps)
+    if spec.annealed:
+        early = meta_gradients.annealed_first_order(spec, meta_step)
+        settings = {"loss_fn": loss_fn, "inner_lr": inner_lr, "num_steps": num_steps}
+        settings.update(lslr=lslr, step_weights=step_weights)
+
+        def branch(mode):
+            mode_spec = spec._replace(mode=mode, first_order_until=0)
+            return lambda p: task_loss(p, episode, meta_gradient=mode_spec, **settings)
+
+        return jax.lax.cond(early, branch("first_order"), branch(spec.mode), meta_params)
+    exact_steps = {"exact": num_steps, "first_order": 0}.get(spec.mode, spec.truncate)
+    params, rates = (
+        (meta_params["model"], meta_params["inner_lr"]) if lslr else (meta_params, inner_lr)
+    )
+    adapted, support_losses, query_losses = adapt(
+        params,
+        episode,
+        loss_fn=loss_fn,
+        inner_lr=rates,
+        num_steps=num_steps,
+        lslr=lslr,
+        first_order_steps=num_steps - exact_steps,
+        query_losses=step_weights is not None,
+    )
+    final, metrics = loss_fn(adapted, episode.query_inputs, episode.query_labels)
+    metrics = dict(metrics, final_query_loss=final)
+    if num_steps > 0:
+        metrics["support_loss"] = support_losses[0]
+    if step_weights is None:
+        return final, metrics
+    chex.assert_shape(step_weights, (num_steps,))
+    return jnp.sum(step_weights * query_losses), metrics
+
+
+def _check_lslr(inner_lr: Params, params: Params, num_steps: int) -> None:
+    lr_leaves = jax.tree_util.tree_leaves_with_path(inner_lr)
+    if jax.tree.structure(inner_lr) != jax.tree.structure(params):
+        raise ValueError("LSLR inner_lr must have the structure of params (see init_lslr)")
+    for path, leaf in lr_leaves:
+        if jnp.shape(leaf) != (num_steps,):
+            raise ValueError(
+                f"LSLR inner_lr leaf {jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)}; "
+                f"expected ({num_steps},): one rate per inner step"
+            )
+
+
+def mamlpp_learner(
+    model: nn.Module,
+    *,
+    inner_lr: float = 0.4,
+    num_inner_steps: int = 5,
+    lslr: bool = True,
+    multi_step_loss: bool = True,
+    multi_step_anneal_steps: int = 10_000,
+    meta_gradient: str = "exact",
+    truncate: int | None = None,
+    first_order_until: int = 0,
+    task_batching: str | int = "auto",
+    eval_batch_norm: str = "transductive",
+) -> MetaLearner:
+    """MAML++ on ``model`` (a Flax classifier), each piece switchable.
+
+    Args:
+      model: ``apply(params, inputs) -> [batch, ways]`` logits.
+      inner_lr: initial (LSLR) or fixed inner rate.
+      num_inner_steps: inner steps, at training and evaluation.
+      lslr: learn per-layer per-step rates (:func:`init_lslr`).
+      multi_step_loss: weighted query losses of every step, annealed over
+        ``multi_step_anneal_steps`` meta-steps (:func:`multi_step_weights`).
+      meta_gradient, truncate, first_order_until: see
+        :mod:`mmjax.meta.meta_gradients` (``first_order_until``: derivative-order annealing).
+      task_batching: :func:`mmjax.meta.maml.resolve_task_batching`.
+      eval_batch_norm: query batching at evaluation (:mod:`mmjax.meta.batch_norm_eval`).
+
+    The learner's ``meta_grad`` takes ``meta_step=`` (the loop passes it) when the loss
+    weights or the derivative order are annealed; without it the weights are those of
+    meta-step 0.
+    """
+    maml._check_settings(inner_lr=inner_lr, num_steps=num_inner_steps)
+    spec = meta_gradients.meta_gradient_spec(
+        meta_gradient, truncate=truncate, first_order_until=first_order_until
+    )
+    if spec.mode == "implicit":
+        raise ValueError("meta_gradient='implicit' is not defined for MAML++'s inner loop")
+    meta_gradients.check_num_steps(spec, num_inner_steps)
+    maml.resolve_task_batching(task_batching)
+    batch_norm_eval.check_eval_batch_norm(eval_batch_norm)
+    if multi_step_loss and num_inner_steps < 1:
+        raise ValueError("multi_step_loss needs num_inner_steps >= 1")
+    loss_fn = maml.classification_loss(model.apply)
+    settings = {"loss_fn": loss_fn, "inner_lr": inner_lr, "num_steps": num_inner_steps}
+    settings["lslr"] = lslr
+
+    def init(key: chex.PRNGKey, example_inputs: chex.ArrayTree) -> Params:
+        params = model.init(key, example_inputs)
+        if not lslr:
+            return params
+        return {"model": params, "inner_lr": init_lslr(params, num_steps=num_inner_steps,
+                                                         inner_lr=inner_lr)}  # fmt: skip
+
+    def meta_grad(meta_params: Params, episodes: Episode, meta_step: chex.Array | None = None):
+        weights = None
+        if multi_step_loss:
+            step = 0 if meta_step is None else meta_step
+            weights = multi_step_weights(
+                step, num_steps=num_inner_steps, anneal_steps=multi_step_anneal_steps
+            )
+        per_task = functools.partial(
+            task_loss, step_weights=weights, meta_gradient=spec, meta_step=meta_step, **settings
+        )
+        return maml.grad_over_tasks(per_task, meta_params, episodes, task_batching)
+
+    def eval_task(meta_params: Params, episode: Episode):
+        params, rates = (meta_params["model"], meta_params["inner_lr"]) if lslr else (
+            meta_params, inner_lr)  # fmt: skip
+        adapted, support_losses, _ = adapt(
+            params, episode, loss_fn=loss_fn, inner_lr=rates, num_steps=num_inner_steps, lslr=lslr
+        )
+        loss, metrics = batch_norm_eval.query_metrics(
+            model.apply,
+            adapted,
+            episode.support_inputs,
+            episode.query_inputs,
+            episode.query_labels,
+            mode=eval_batch_norm,
+        )
+        if num_inner_steps > 0:
+            metrics["support_loss"] = support_losses[0]
+        return loss, metrics
+
+    evaluate = functools.partial(maml.metrics_per_task, eval_task, task_batching=task_batching)
+    return MetaLearner(
+        name="mamlpp",
+        init=init,
+        meta_grad=meta_grad,
+        evaluate=evaluate,
+        takes_meta_step=multi_step_loss or spec.annealed,
+        eval_batch_norm=eval_batch_norm,
+    )
+
+
+register("mamlpp", mamlpp_learner)
