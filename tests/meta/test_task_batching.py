@@ -34,10 +34,7 @@ def test_every_task_batching_equals_a_python_loop_over_tasks(first_order):
     """In float64, so any difference is a bug, not float32 rounding through batch norm."""
     with jax.enable_x64(True):
         model, params, episodes = _conv_setup()
-        params, episodes = jax.tree.map(
-            lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-            (params, episodes),
-        )
+        params, episodes = to_float64((params, episodes))
         kwargs = dict(
             loss_fn=maml.classification_loss(model.apply),
             inner_lr=0.4,
