@@ -1,6 +1,6 @@
 """MAML vs Multi-MAML vs MMAML on multimodal few-shot regression (Vuorio et al. 2019, Table 1).
 
-For each mixture (2, 3 and 5 modes; ``mmjax/configs/regression_<n>modes_5shot.py``) the three
+For each mixture (2, 3 and 5 modes; the configs ``regression_<n>modes_5shot``) the three
 methods are meta-trained for ``--steps`` meta-steps and evaluated on the same held-out tasks
 (``--eval_tasks`` per mode); the Markdown table reports the query MSE after adaptation
 ± its 95% CI. Multi-MAML trains one MAML model per mode and is told each test task's mode (an
@@ -24,17 +24,17 @@ SMOKE_OVERRIDES = (
     "log_every=10",
     "meta_batch_size=4",
     "eval_tasks_per_mode=10",
-    "hidden_sizes=(16, 16)",
-    "task_hidden_sizes=(8,)",
-    "num_inner_steps=1",
-    "eval_num_inner_steps=1",
+    "model.hidden_sizes=(16, 16)",
+    "mmaml.task_hidden_sizes=(8,)",
+    "mmaml.num_inner_steps=1",
+    "mmaml.eval_num_inner_steps=1",
 )
 
 
 def run(num_modes: int, method: str, overrides=()) -> dict:
     """Trains and evaluates ``method`` on the ``num_modes``-mode mixture; one result dict."""
     from mmjax import configs
-    from mmjax.train.regression import run_regression
+    from mmjax.train.builders import run_regression
 
     config = configs.apply_overrides(
         configs.get_config(f"regression_{num_modes}modes_5shot"), list(overrides)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Sequence
 
@@ -32,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--config",
         default="quick",
-        help=f"config name ({', '.join(configs.available_configs())}) or a .py file",
+        help=f"config name ({', '.join(configs.available_configs())}), "
+        "<module>:<key=value,...> (e.g. omniglot:algorithm=anil,ways=20; see docs/configs.md) "
+        "or a .py file",
     )
     train.add_argument(
         "--workdir",
@@ -117,6 +120,8 @@ def _train(args) -> int:
             )
         distributed.initialize(*launch)
     name = os.path.splitext(os.path.basename(args.config))[0]
+    if not args.config.endswith(".py"):  # "omniglot:ways=20,..." -> "omniglot_ways_20_..."
+        name = re.sub(r"[:,=/]+", "_", args.config)
     workdir = args.workdir or os.path.join("workdir", name)
     print(f"mmjax train: config {args.config!r}, workdir {workdir}")
     results = train(config, workdir, progress=not args.no_progress, override=args.override)

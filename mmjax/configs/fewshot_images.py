@@ -4,7 +4,7 @@ Short names ``<dataset>_<algorithm>[_resnet12]_5w<shots>s`` (`CONFIG_NAMES`, reg
 ``mmjax.configs``), e.g. ``miniimagenet_maml_5w1s`` or ``cifarfs_protonet_resnet12_5w5s``;
 or big_vision style ``get_config("dataset=fc100,algorithm=anil,shots=5,backbone=conv4")``.
 
-Protocol defaults (`PROTOCOLS`), from the papers:
+Protocol defaults (``images`` / ``images_run`` in ``mmjax.configs.defaults``), from the papers:
 
 * MAML / FOMAML (Finn et al. 2017, mini-ImageNet): Conv-4 with 32 filters and 2x2
   max-pool, 5 inner SGD steps of lr 0.01 (10 at test), Adam 1e-3, meta-batch 4 tasks for
@@ -30,6 +30,8 @@ import itertools
 
 import ml_collections
 
+from mmjax.configs import defaults, parse_arg
+
 DATASETS = {
     "miniimagenet": {"image_size": 84, "padding": 8},
     "tieredimagenet": {"image_size": 84, "padding": 8},
@@ -37,20 +39,16 @@ DATASETS = {
     "fc100": {"image_size": 32, "padding": 4},
     "cub": {"image_size": 84, "padding": 8},
 }
-ALGORITHMS = ("maml", "fomaml", "protonet", "reptile", "anil", "metasgd")
+ALGORITHMS = defaults.offered("images")
 BACKBONES = ("conv4", "resnet12")
 RESNET12_ALGORITHMS = ("maml", "protonet", "anil")
 SHOTS = (1, 5)
+SPEC = {"dataset": "miniimagenet", "algorithm": "maml", "backbone": "conv4", "shots": 1}
+CHOICES = {"dataset": tuple(DATASETS), "algorithm": ALGORITHMS, "backbone": BACKBONES,
+           "shots": SHOTS}  # fmt: skip
 
-# algorithm -> protocol defaults (see the module docstring for the sources).
-PROTOCOLS = {
-    "maml": {"features": 32, "meta_batch_size": {1: 4, 5: 2}, "num_steps": 60_000},
-    "fomaml": {"features": 32, "meta_batch_size": {1: 4, 5: 2}, "num_steps": 60_000},
-    "anil": {"features": 32, "meta_batch_size": {1: 4, 5: 2}, "num_steps": 60_000},
-    "metasgd": {"features": 32, "meta_batch_size": {1: 4, 5: 2}, "num_steps": 60_000},
-    "protonet": {"features": 64, "meta_batch_size": {1: 1, 5: 1}, "num_steps": 60_000},
-    "reptile": {"features": 32, "meta_batch_size": {1: 5, 5: 5}, "num_steps": 100_000},
-}
+# algorithm -> Conv-4 width, meta-batch size per shot count and meta-steps (the table's).
+PROTOCOLS = {name: defaults.ALGORITHMS[name]["images_run"] for name in ALGORITHMS}
 MAML_RESNET12_WIDTHS = (32, 64, 128, 256)
 RESNET12_WIDTHS = (64, 160, 320, 640)
 
@@ -60,46 +58,25 @@ def _name(dataset: str, algorithm: str, backbone: str, shots: int) -> str:
     return f"{dataset}_{algorithm}{suffix}_5w{shots}s"
 
 
-CONFIG_NAMES: dict[str, dict] = {
-    _name(d, a, b, s): {"dataset": d, "algorithm": a, "backbone": b, "shots": s}
+CONFIG_NAMES: dict[str, str] = {
+    _name(d, a, b, s): f"dataset={d},algorithm={a},backbone={b},shots={s}"
     for d, a, b, s in itertools.product(DATASETS, ALGORITHMS, BACKBONES, SHOTS)
     if b == "conv4" or a in RESNET12_ALGORITHMS
 }
-
-
-def _parse(arg: str | None) -> dict:
-    """``"k=v,k=v"`` or a short name -> ``{dataset, algorithm, backbone, shots}``."""
-    spec = {"dataset": "miniimagenet", "algorithm": "maml", "backbone": "conv4", "shots": 1}
-    if not arg:
-        return spec
-    if arg in CONFIG_NAMES:
-        return dict(CONFIG_NAMES[arg])
-    for item in arg.split(","):
-        key, sep, value = item.partition("=")
-        if not sep or key.strip() not in spec:
-            raise ValueError(f"fewshot_images: bad argument {item!r}; keys are {sorted(spec)}")
-        spec[key.strip()] = int(value) if key.strip() == "shots" else value.strip()
-    return spec
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Config of one benchmark run; ``arg``: a short name or ``"dataset=...,algorithm=..."``.
 
     Raises:
-      ValueError: an unknown data set, algorithm, backbone or shot count.
+      ValueError: an unknown key, data set, algorithm, backbone or shot count.
     """
-    spec = _parse(arg)
+    spec = parse_arg(
+        CONFIG_NAMES.get(arg, arg), source="fewshot_images", choices=CHOICES, **SPEC
+    )
     dataset, algorithm, backbone, shots = (
         spec[k] for k in ("dataset", "algorithm", "backbone", "shots")
     )
-    for key, value, allowed in (
-        ("dataset", dataset, tuple(DATASETS)),
-        ("algorithm", algorithm, ALGORITHMS),
-        ("backbone", backbone, BACKBONES),
-        ("shots", shots, SHOTS),
-    ):
-        if value not in allowed:
-            raise ValueError(f"fewshot_images: {key}={value!r} is not one of {allowed}")
     protocol = PROTOCOLS[algorithm]
     sizes = DATASETS[dataset]
     config = ml_collections.ConfigDict()
@@ -133,51 +110,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.shots = shots
     config.queries = 15
     config.meta_batch_size = protocol["meta_batch_size"][shots]
-    config.algorithm = "maml" if algorithm == "fomaml" else algorithm
-    inner = {
-        "inner_lr": 0.01,
-        "num_inner_steps": 5,
-        "eval_num_inner_steps": 10,
-        "first_order": False,
-    }
-    if algorithm in ("maml", "fomaml"):
-        config.maml = ml_collections.ConfigDict(
-            dict(inner, first_order=algorithm == "fomaml", remat=False, task_batching="auto")
-        )
-    elif algorithm == "anil":
-        config.anil = ml_collections.ConfigDict(inner)
-    elif algorithm == "metasgd":
-        config.metasgd = ml_collections.ConfigDict(
-            dict(inner, num_inner_steps=1, eval_num_inner_steps=1)
-        )
-    elif algorithm == "protonet":
-        config.protonet = ml_collections.ConfigDict(
-            {"distance": "euclidean", "scale": 1.0, "learn_scale": False}
-        )
-    else:
-        config.reptile = ml_collections.ConfigDict(
-            {
-                "inner_lr": 1e-3,
-                "num_inner_steps": 8,
-                "eval_num_inner_steps": 50,
-                "inner_optimizer": "adam",
-                "adapt_on_query": True,
-            }
-        )
-    config.optimizer = ml_collections.ConfigDict(
-        {"name": "adam", "learning_rate": 1e-3, "grad_clip_norm": 0.0}
-    )
-    if algorithm == "reptile":
-        config.optimizer.name = "sgd"  # pseudo-gradient with SGD(1.0): Reptile's interpolation
-        config.optimizer.learning_rate = 1.0
+    config.algorithm = defaults.ALGORITHMS[algorithm]["learner"]
+    config[config.algorithm] = ml_collections.ConfigDict(defaults.settings(algorithm, "images"))
     config.num_steps = protocol["num_steps"]
-    config.parallel = "none"
-    config.nan_policy = "stop"
-    config.log_every = 100
-    config.eval_every = 2_000
-    config.val_episodes = 200
-    config.checkpoint_every = 2_000
-    config.keep_checkpoints = 3
-    config.test_episodes = 600
-    config.eval_batch_size = 50
+    defaults.apply_run(config, algorithm)
     return config

@@ -2,11 +2,12 @@
 
 import ml_collections
 
-from mmjax.configs import omniglot_maml_5w1s
+from mmjax.configs import omniglot
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = omniglot_maml_5w1s.get_config()
+    """``omniglot_maml_5w1s`` with 32 filters, 5 queries, 8 tasks per meta-batch, 1500 steps."""
+    config = omniglot.get_config("omniglot_maml_5w1s")
     config.model.features = 32
     config.queries = 5
     config.meta_batch_size = 8

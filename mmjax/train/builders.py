@@ -22,12 +22,37 @@ from mmjax.nn.classifier import Classifier
 from mmjax.nn.conv import Conv4
 from mmjax.nn.mlp import MLP
 from mmjax.nn.multimodal import MultimodalEncoder
-from mmjax.nn.resnet import RESNET12_WIDTHS, ResNet12
+from mmjax.nn.resnet import ResNet12
 from mmjax.nn.sequence import StrokeEncoder
+from mmjax.train import regression
 
 ENCODERS = ("conv4", "resnet12", "mlp", "multimodal")
 IMAGE_BENCHMARKS = ("miniimagenet", "tieredimagenet", "cifarfs", "fc100", "cub")
 OPTIMIZERS = ("adam", "sgd")
+# Keys read without a fallback only where they apply (the shipped configs set them; their
+# defaults live in mmjax/configs, nowhere else).
+MULTIMODAL_MODEL_KEYS = (
+    "fusion", "fusion_features", "fusion_num_heads", "stroke_features", "stroke_kind"
+)  # fmt: skip
+STROKE_DATA_KEYS = ("background", "evaluation", "stroke_length", "stroke_mode")
+REGRESSION_KEYS = ("seed", "data.num_modes", "data.noise_std", "model.hidden_sizes", "shots",
+                   "queries", "meta_batch_size", "algorithm", "optimizer.name",
+                   "optimizer.learning_rate", "optimizer.grad_clip_norm", "num_steps",
+                   "log_every", "eval_tasks_per_mode")  # fmt: skip
+
+
+def _require(node: ml_collections.ConfigDict, where: str, keys, because: str) -> None:
+    """Raises ``ValueError`` naming the first of ``keys`` (dotted) missing from ``node``."""
+    for key in keys:
+        parent = node
+        *parents, leaf = key.split(".")
+        for part in parents:
+            parent = parent.get(part) if isinstance(parent, ml_collections.ConfigDict) else None
+        if not isinstance(parent, ml_collections.ConfigDict) or leaf not in parent:
+            raise ValueError(
+                f"{where}.{key} is required with {because}; start from a shipped config "
+                "(mmjax.available_configs())"
+            )
 
 
 class _Flatten(MLP):
@@ -46,25 +71,25 @@ def build_model(config: ml_collections.ConfigDict) -> Classifier:
     """
     m = config.model
     if m.encoder == "multimodal":
+        _require(m, "model", MULTIMODAL_MODEL_KEYS, 'model.encoder="multimodal"')
         encoder = MultimodalEncoder(
-            fusion=m.get("fusion", "concat"),
-            features=m.get("fusion_features", m.features),
+            fusion=m.fusion,
+            features=m.fusion_features,
             image_encoder=Conv4(
                 features=m.features, num_blocks=m.num_blocks, pool=m.pool, conv_impl=m.conv_impl
             ),
             stroke_encoder=StrokeEncoder(
-                features=m.get("stroke_features", m.features),
-                kind=m.get("stroke_kind", "conv"),
-                conv_impl=m.conv_impl,
+                features=m.stroke_features, kind=m.stroke_kind, conv_impl=m.conv_impl
             ),
-            num_heads=m.get("fusion_num_heads", 4),
+            num_heads=m.fusion_num_heads,
         )
     elif m.encoder == "conv4":
         encoder = Conv4(
             features=m.features, num_blocks=m.num_blocks, pool=m.pool, conv_impl=m.conv_impl
         )
     elif m.encoder == "resnet12":
-        encoder = ResNet12(widths=tuple(m.get("widths", RESNET12_WIDTHS)), conv_impl=m.conv_impl)
+        _require(m, "model", ("widths",), 'model.encoder="resnet12"')
+        encoder = ResNet12(widths=tuple(m.widths), conv_impl=m.conv_impl)
     elif m.encoder == "mlp":
         encoder = _Flatten(hidden_sizes=tuple(m.hidden_sizes), activate_final=True)
     else:
@@ -99,17 +124,16 @@ def load_splits(config: ml_collections.ConfigDict) -> dict:
     splits (``data.source``, ``data.examples_per_class``: 0 = all; see ``docs/datasets.md``).
     """
     d = config.data
-    modalities = tuple(d.get("modalities", ("image",)))
+    # data.modalities is only set by image + stroke configs; without it, images only.
+    modalities = tuple(d.modalities) if "modalities" in d else ("image",)
     if "strokes" in modalities:
         if d.name != "omniglot" or set(modalities) != {"image", "strokes"}:
             raise ValueError(
                 f"data.modalities={modalities!r} with data.name={d.name!r}: strokes exist only "
                 "for data.name='omniglot', with modalities ('image', 'strokes')"
             )
-        subsets = (
-            d.get("background", "background_small1"),
-            d.get("evaluation", "background_small2"),
-        )
+        _require(d, "data", STROKE_DATA_KEYS, "strokes in data.modalities")
+        subsets = (d.background, d.evaluation)
         if subsets != ("background_small1", "background_small2"):
             raise ValueError(
                 f"data.background/data.evaluation={subsets}: the image + stroke splits are built "
@@ -118,8 +142,8 @@ def load_splits(config: ml_collections.ConfigDict) -> dict:
         splits = omniglot_multimodal_splits(
             d.data_dir or None,
             image_size=d.image_size,
-            length=d.get("stroke_length", 64),
-            mode=d.get("stroke_mode", "arclength"),
+            length=d.stroke_length,
+            mode=d.stroke_mode,
             rotations=d.rotations,
             num_val_alphabets=d.num_val_alphabets,
             cache_dir=d.cache_dir or None,
@@ -127,6 +151,7 @@ def load_splits(config: ml_collections.ConfigDict) -> dict:
         )
         return {name: to_device(split) for name, split in splits.items()}
     if d.name == "omniglot":
+        _require(d, "data", ("background", "evaluation"), 'data.name="omniglot"')
         splits = omniglot_splits(
             d.data_dir or None,
             image_size=d.image_size,
@@ -134,8 +159,8 @@ def load_splits(config: ml_collections.ConfigDict) -> dict:
             num_val_alphabets=d.num_val_alphabets,
             cache_dir=d.cache_dir or None,
             download=d.download,
-            background=d.get("background", "background_small1"),
-            evaluation=d.get("evaluation", "background_small2"),
+            background=d.background,
+            evaluation=d.evaluation,
         )
         return {name: to_device(split) for name, split in splits.items()}
     if d.name in IMAGE_BENCHMARKS:
@@ -162,9 +187,10 @@ def load_splits(config: ml_collections.ConfigDict) -> dict:
 
 def _image_benchmark(d: ml_collections.ConfigDict) -> dict:
     """The RGB benchmark ``d.name`` (``[C, E, H, W, 3]`` splits) from ``mmjax.data``."""
+    _require(d, "data", ("source", "examples_per_class"), f"data.name={d.name!r}")
     common = {"image_size": d.image_size, "cache_dir": d.cache_dir or None}
-    examples = d.get("examples_per_class", 0) or None
-    source = d.get("source", "auto")
+    examples = d.examples_per_class or None
+    source = d.source
     data_dir = d.data_dir or None
     if d.name == "miniimagenet":
         return miniimagenet_splits(data_dir, source=source, **common)
@@ -179,10 +205,53 @@ def _image_benchmark(d: ml_collections.ConfigDict) -> dict:
 
 def build_learner(config: ml_collections.ConfigDict, model) -> MetaLearner:
     """The algorithm ``config.algorithm`` with the settings in ``config.<algorithm>``."""
-    name = config.get("algorithm", "maml")
-    settings = config.get(name)
+    _require(config, "config", ("algorithm",), "a classification config")
+    name = config.algorithm
+    settings = config.get(name)  # a learner without settings takes its own defaults
     settings = {} if settings is None else settings.to_dict()
     try:
         return make_learner(name, model, **settings)
     except (ValueError, TypeError) as error:
         raise type(error)(f"config.{name}: {error}") from None
+
+
+def regression_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A regression config (``data.name="regression"``) as `mmjax.train.regression` reads it.
+
+    That trainer takes one flat ConfigDict (``method``, ``num_modes``, ``inner_lr``,
+    ``learning_rate``, ...); this maps the nested schema of ``mmjax.configs.regression`` onto
+    it: ``config.<algorithm>`` holds the inner settings, ``optimizer`` the Adam settings.
+    """
+    _require(config, "config", REGRESSION_KEYS, 'data.name="regression"')
+    _require(config, "config", (config.algorithm,), f"algorithm={config.algorithm!r}")
+    if config.optimizer.name != "adam":
+        raise ValueError(
+            f"optimizer.name={config.optimizer.name!r}: the regression trainer uses 'adam'"
+        )
+    inner = config[config.algorithm].to_dict()
+    flat = dict(
+        seed=config.seed,
+        method=config.algorithm,
+        num_modes=config.data.num_modes,
+        shots=config.shots,
+        queries=config.queries,
+        noise_std=config.data.noise_std,
+        hidden_sizes=tuple(config.model.hidden_sizes),
+        **inner,
+        meta_batch_size=config.meta_batch_size,
+        learning_rate=config.optimizer.learning_rate,
+        grad_clip_norm=config.optimizer.grad_clip_norm,
+        num_steps=config.num_steps,
+        log_every=config.log_every,
+        eval_tasks_per_mode=config.eval_tasks_per_mode,
+    )
+    return ml_collections.ConfigDict(flat)
+
+
+def run_regression(config: ml_collections.ConfigDict, method: str | None = None) -> dict:
+    """Trains and evaluates a regression config with `mmjax.train.regression.run_regression`.
+
+    ``method`` (default ``config.algorithm``): "maml", "multi_maml" or "mmaml", all with the
+    inner settings of ``config.<algorithm>``.
+    """
+    return regression.run_regression(regression_settings(config), method)

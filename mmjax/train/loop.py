@@ -55,12 +55,7 @@ class TrainState:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ``ValueError`` naming the first out-of-range setting."""
-    if "ways" not in config and "num_modes" in config:
-        raise ValueError(
-            "this is a regression config (MMAML protocol): run it with "
-            "benchmarks/regression_table.py or mmjax.train.regression.run_regression"
-        )
+    """Raises ``ValueError`` naming the first out-of-range setting (classification configs)."""
     positive = {
         "ways": config.ways,
         "shots": config.shots,
@@ -265,7 +260,12 @@ def train(
     (`mmjax.train.distributed`): only process 0 locks, writes these files and sets
     checkpoints aside; checkpoints are saved collectively, and the processes agree every
     step on whether to stop.
+
+    A regression config (``data.name="regression"``, ``mmjax.configs.regression``) is run by
+    `mmjax.train.builders.run_regression` instead: ``config.json`` and ``results.json`` only.
     """
+    if config.data.name == "regression":
+        return _train_regression(config, workdir)
     validate_config(config)
     distributed.check_config(config)
     is_writer = distributed.is_writer()
@@ -276,6 +276,16 @@ def train(
         return _train_locked(
             config, os.fspath(workdir), progress=progress, override=override, is_writer=is_writer
         )
+
+
+def _train_regression(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+    """Trains and scores a regression config; writes ``config.json`` and ``results.json``."""
+    results = builders.run_regression(config)
+    os.makedirs(workdir, exist_ok=True)
+    for name, value in (("config.json", config.to_dict()), ("results.json", results)):
+        with open(os.path.join(workdir, name), "w") as f:
+            json.dump(value, f, indent=2)
+    return results
 
 
 def _train_locked(

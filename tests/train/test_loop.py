@@ -239,9 +239,24 @@ def test_missing_data_dir_says_where_to_put_files(tmp_path):
         loop.train(tiny_config(f"data.data_dir='{tmp_path}'"), tmp_path / "w", progress=False)
 
 
-def test_regression_config_is_refused_by_the_classification_trainer(tmp_path):
-    with pytest.raises(ValueError, match="regression config"):
-        loop.train(configs.get_config("regression_2modes_5shot"), tmp_path, progress=False)
+def test_a_regression_config_is_trained_by_the_regression_trainer(tmp_path):
+    """One schema: ``train`` hands a regression config to ``mmjax.train.regression``."""
+    import json
+
+    from mmjax.train import builders, regression
+
+    config = configs.apply_overrides(
+        configs.get_config("regression_2modes_5shot"),
+        ["num_steps=4", "log_every=2", "meta_batch_size=2", "eval_tasks_per_mode=3",
+         "model.hidden_sizes=(8,)", "mmaml.task_hidden_sizes=(4,)", "mmaml.num_inner_steps=1",
+         "mmaml.eval_num_inner_steps=1"],
+    )  # fmt: skip
+    results = loop.train(config, tmp_path, progress=False)
+    direct = regression.run_regression(builders.regression_settings(config))
+    assert results == direct  # same seed, same calls: the same numbers
+    assert (results["method"], results["num_modes"], len(results["train_losses"])) == ("mmaml", 2, 2)
+    assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(results))
+    assert json.loads((tmp_path / "config.json").read_text())["data"]["num_modes"] == 2
 
 
 @pytest.mark.slow

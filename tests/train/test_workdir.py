@@ -343,7 +343,7 @@ def get_config():
             MISSING_QUERIES,
             (
                 "{path}: required config key 'queries' is missing; start from a shipped config, "
-                "e.g. mmjax.configs.omniglot_maml_5w1s.get_config()"
+                "e.g. mmjax.get_config('omniglot_maml_5w1s')"
             ),
         ),
         (None, "config file '{path}' not found"),
