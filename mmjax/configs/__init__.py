@@ -77,8 +77,7 @@ def parse_arg(
                 raise ValueError(f"{source}: expected key=value; got {item!r}")
         if key not in spec:
             raise ValueError(
-                f"{source}: unknown key {key!r}{_closest(key, list(spec))} "
-                f"Keys: {', '.join(spec)}"
+                f"{source}: unknown key {key!r}{_closest(key, list(spec))} Keys: {', '.join(spec)}"
             )
         if key in seen:
             raise ValueError(f"{source}: key {key!r} given twice in {arg!r}")

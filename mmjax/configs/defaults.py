@@ -96,8 +96,10 @@ ALGORITHMS: dict[str, dict] = {
     # ANIL (Raghu et al. 2020): head-only inner loop, MAML's sizes.
     "anil": {
         "learner": "anil",
-        "omniglot": {k: _MAML_OMNIGLOT[k] for k in ("inner_lr", "num_inner_steps",
-                                                     "eval_num_inner_steps", "first_order")},
+        "omniglot": {
+            k: _MAML_OMNIGLOT[k]
+            for k in ("inner_lr", "num_inner_steps", "eval_num_inner_steps", "first_order")
+        },
         "omniglot_20way": _TWENTY_WAY,
         "images": _IMAGES_INNER,
         "images_run": _IMAGES_MAML,
@@ -105,8 +107,12 @@ ALGORITHMS: dict[str, dict] = {
     # Meta-SGD (Li et al. 2017): one inner step, learned per-parameter rates from inner_lr.
     "metasgd": {
         "learner": "metasgd",
-        "omniglot": {"inner_lr": 0.4, "num_inner_steps": 1, "eval_num_inner_steps": 1,
-                     "first_order": False},
+        "omniglot": {
+            "inner_lr": 0.4,
+            "num_inner_steps": 1,
+            "eval_num_inner_steps": 1,
+            "first_order": False,
+        },
         "omniglot_20way": {"inner_lr": 0.1},
         "images": dict(_IMAGES_INNER, num_inner_steps=1, eval_num_inner_steps=1),
         "images_run": _IMAGES_MAML,
@@ -115,8 +121,10 @@ ALGORITHMS: dict[str, dict] = {
     "mmaml": {
         "learner": "mmaml",
         "omniglot": {
-            **{k: _MAML_OMNIGLOT[k] for k in ("inner_lr", "num_inner_steps",
-                                              "eval_num_inner_steps", "first_order")},
+            **{
+                k: _MAML_OMNIGLOT[k]
+                for k in ("inner_lr", "num_inner_steps", "eval_num_inner_steps", "first_order")
+            },
             "task_batching": "auto",
             "task_hidden_sizes": (64,),
         },

@@ -71,9 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     Raises:
       ValueError: an unknown key, data set, algorithm, backbone or shot count.
     """
-    spec = parse_arg(
-        CONFIG_NAMES.get(arg, arg), source="fewshot_images", choices=CHOICES, **SPEC
-    )
+    spec = parse_arg(CONFIG_NAMES.get(arg, arg), source="fewshot_images", choices=CHOICES, **SPEC)
     dataset, algorithm, backbone, shots = (
         spec[k] for k in ("dataset", "algorithm", "backbone", "shots")
     )

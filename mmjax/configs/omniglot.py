@@ -74,29 +74,29 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.data = ml_collections.ConfigDict(
-        dict(
-            name="omniglot",  # "omniglot" or "tfds:<dataset>"
-            data_dir="",  # "" -> $MMJAX_DATA_DIR
-            cache_dir="",  # "" -> $MMJAX_CACHE_DIR or ~/.cache/mmjax
-            download=False,
-            image_size=28,
-            rotations=True,  # rotated copies of train characters as extra classes
-            num_val_alphabets=1,
-            background="background_small1",  # train/val archive; "background" = full Omniglot
-            evaluation="background_small2",  # meta-test archive; "evaluation" = full Omniglot
-            tfds_split="train",  # for "tfds:<dataset>" only
-            tfds_examples_per_class=20,
-        )
+        {
+            "name": "omniglot",  # "omniglot" or "tfds:<dataset>"
+            "data_dir": "",  # "" -> $MMJAX_DATA_DIR
+            "cache_dir": "",  # "" -> $MMJAX_CACHE_DIR or ~/.cache/mmjax
+            "download": False,
+            "image_size": 28,
+            "rotations": True,  # rotated copies of train characters as extra classes
+            "num_val_alphabets": 1,
+            "background": "background_small1",  # train/val archive; "background" = full Omniglot
+            "evaluation": "background_small2",  # meta-test archive; "evaluation" = full Omniglot
+            "tfds_split": "train",  # for "tfds:<dataset>" only
+            "tfds_examples_per_class": 20,
+        }
     )
     config.model = ml_collections.ConfigDict(
-        dict(
-            encoder="conv4",
-            features=64,
-            num_blocks=4,
-            pool="stride",
-            conv_impl="auto",
-            hidden_sizes=(256, 128),  # for encoder="mlp"
-        )
+        {
+            "encoder": "conv4",
+            "features": 64,
+            "num_blocks": 4,
+            "pool": "stride",
+            "conv_impl": "auto",
+            "hidden_sizes": (256, 128),  # for encoder="mlp"
+        }
     )
     config.ways = spec.ways
     config.shots = spec.shots

@@ -63,7 +63,11 @@ def test_a_few_configs_in_full():
         "inner_optimizer": "adam",
         "adapt_on_query": True,
     }
-    assert reptile.optimizer.to_dict() == {"name": "sgd", "learning_rate": 1.0, "grad_clip_norm": 0.0}
+    assert reptile.optimizer.to_dict() == {
+        "name": "sgd",
+        "learning_rate": 1.0,
+        "grad_clip_norm": 0.0,
+    }
     assert "maml" not in reptile and "modalities" not in reptile.data
     mmaml = configs.get_config("omniglot_mm_mmaml_20w1s")
     assert mmaml.mmaml.to_dict() == {
