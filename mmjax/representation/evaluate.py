@@ -66,7 +66,7 @@ def protonet_accuracies(
     Args:
       embed: ``(params, inputs) -> [B, D]`` (e.g. ``Objective.embed``); hashable, static.
       params: its parameters.
-      data: class-grouped pytree (meta-test split).
+      data: class-grouped pytree (meta-test split), leaves ``[C, E, ...]``.
       key: PRNG key of the episodes.
       ways, shots, queries: episode shape.
       num_episodes: episodes in total (a multiple of ``batch_size`` is not needed).

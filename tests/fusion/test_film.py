@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.fusion import FiLMFusion, film
+from mmjax.fusion import FiLMFusion
+from mmjax.fusion.film import film
 
 
 def test_film_function():

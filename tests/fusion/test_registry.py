@@ -102,7 +102,7 @@ class FusionContractTest(chex.TestCase):
         with pytest.raises(ValueError, match=r"every modality masked: \[2\]"):
             module.apply(params, features, mask)
         with pytest.raises(ValueError, match="every modality masked"):
-            fusion.check_mask(mask)
+            fusion.common.check_mask(mask)
 
     @parameterized.named_parameters(*((name, name) for name in NAMES))
     def test_wrong_mask_shape(self, name):

@@ -8,11 +8,11 @@ import pytest
 
 from mmjax.representation import (
     ModalityDiscriminator,
-    gradient_reversal,
     make_objective,
     modality_adversarial_loss,
     pretrain,
 )
+from mmjax.representation.adversarial import gradient_reversal
 from tests.representation.conftest import SMALL, window_means
 
 

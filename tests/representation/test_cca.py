@@ -6,13 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.representation import (
-    canonical_correlations,
-    recall_at_k,
-    cca_loss,
-    linear_cca,
-    top_singular_sum,
-)
+from mmjax.representation import cca_loss, recall_at_k
+from mmjax.representation.cca import canonical_correlations, linear_cca, top_singular_sum
 from mmjax.representation.cca import apply_cca_projection, fit_cca_projection
 from tests.representation.conftest import short_pretrain
 
