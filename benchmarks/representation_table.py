@@ -215,8 +215,8 @@ def run_objective(name: str, args, train: dict, test: dict, retrieval: dict) -> 
 def markdown(rows: list[dict], args) -> str:
     gallery = rows[0]["gallery"]
     lines = [
-        f"| objective | loss (first → last) | 5-way 1-shot ProtoNet (%) | image→strokes R@1 (%) "
-        f"| R@5 (%) | pretrain time |",
+        "| objective | loss (first → last) | 5-way 1-shot ProtoNet (%) | image→strokes R@1 (%) "
+        "| R@5 (%) | pretrain time |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:

@@ -9,8 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.fusion import common
-from mmjax.fusion import late
+from mmjax.fusion import common, late
 
 
 class HybridFusion(nn.Module):

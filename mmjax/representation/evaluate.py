@@ -109,7 +109,7 @@ def embed_drawings(
     flat["mask"] = flat["mask"] * np.asarray(presence_factor, np.float32)
     jitted = jax.jit(embed)
     parts = [
-        np.asarray(jitted(params, jax.tree.map(lambda x: x[s : s + batch_size], flat)))
+        np.asarray(jitted(params, jax.tree.map(lambda x, s=s: x[s : s + batch_size], flat)))
         for s in range(0, len(padded), batch_size)
     ]
     embeddings = np.concatenate(parts)[:total]

@@ -260,8 +260,8 @@ def pretrain(
     opt_state = optimizer.init(params)
     step = make_pretrain_step(objective, optimizer, batch_size=batch_size)
     history = []
-    for key in jax.random.split(key, steps):
-        params, opt_state, metrics = step(params, opt_state, data, key)
+    for step_key in jax.random.split(key, steps):
+        params, opt_state, metrics = step(params, opt_state, data, step_key)
         history.append(metrics)
     history = [{k: float(v) for k, v in m.items()} for m in jax.device_get(history)]
     return params, history

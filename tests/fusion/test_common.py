@@ -33,8 +33,16 @@ def test_validate_features_returns_counts(fusion_inputs):
             r"mask has shape \(2, 5\); expected \[B, M\] = \[batch, num_modalities\] = "
             r"\[5, 2\]\. It is modality-first \[M, B\]; pass mask\.T\.",
         ),
-        ([np.zeros((5, 2))] * 2, np.ones((5, 3)), r"mask has shape \(5, 3\); expected \[B, M\].*\[5, 2\]\.$"),
-        ([np.zeros((5, 2))] * 2, np.ones((5, 2, 1)), r"mask has shape \(5, 2, 1\).*\[B, M\].*\[5, 2\]"),
+        (
+            [np.zeros((5, 2))] * 2,
+            np.ones((5, 3)),
+            r"mask has shape \(5, 3\); expected \[B, M\].*\[5, 2\]\.$",  # no [M, B] hint
+        ),
+        (
+            [np.zeros((5, 2))] * 2,
+            np.ones((5, 2, 1)),
+            r"mask has shape \(5, 2, 1\).*\[B, M\].*\[5, 2\]",
+        ),
     ],
 )
 def test_validate_features_errors(features, mask, message):

@@ -108,7 +108,8 @@ class FusionContractTest(chex.TestCase):
     def test_wrong_mask_shape(self, name):
         module, params, jitted = self.setup(name)
         features, mask = self.inputs.features(), self.inputs.MASK
-        with pytest.raises(ValueError, match=r"mask has shape \(3, 5\); expected \[B, M\].*\[5, 3\].*modality-first"):
+        message = r"mask has shape \(3, 5\); expected \[B, M\].*\[5, 3\].*modality-first"
+        with pytest.raises(ValueError, match=message):
             module.apply(params, features, mask.T)
         with pytest.raises(ValueError, match=r"mask has shape \(5,\)"):
             jitted(params, features, mask[:, 0])

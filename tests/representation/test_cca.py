@@ -7,8 +7,13 @@ import numpy as np
 import pytest
 
 from mmjax.representation import cca_loss, recall_at_k
-from mmjax.representation.cca import canonical_correlations, linear_cca, top_singular_sum
-from mmjax.representation.cca import apply_cca_projection, fit_cca_projection
+from mmjax.representation.cca import (
+    apply_cca_projection,
+    canonical_correlations,
+    fit_cca_projection,
+    linear_cca,
+    top_singular_sum,
+)
 from tests.representation.conftest import short_pretrain
 
 RHOS = np.array([0.9, 0.6, 0.3])
