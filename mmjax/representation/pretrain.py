@@ -173,7 +173,7 @@ def make_objective(
                 discriminator.apply,
                 params["discriminator"],
                 l2_normalize(z),
-                mask,
+                mask.T,  # [B, M]
                 scale=reversal_scale,
             )
             metrics = dict(metrics, contrastive=total, **extra)
