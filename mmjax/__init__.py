@@ -20,6 +20,7 @@ from mmjax.meta import (
     available_learners,
     classification_loss,
     make_learner,
+    make_step,
 )
 from mmjax.nn import MLP, Classifier, Conv4, MultimodalEncoder, StrokeEncoder
 from mmjax.train import confidence_interval, evaluate_checkpoint, evaluate_learner
@@ -48,6 +49,7 @@ __all__ = [
     "get_config",
     "make_fusion",
     "make_learner",
+    "make_step",
     "meta",
     "nn",
     "omniglot_splits",

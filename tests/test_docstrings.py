@@ -103,7 +103,7 @@ EXPORTED = sorted(dict(_exported()).items())
 
 def test_exports_are_found():
     names = {name for name, _ in EXPORTED}
-    expected = {"mmjax.adapt", "mmjax.make_learner", "mmjax.fusion.make_fusion",
+    expected = {"mmjax.adapt", "mmjax.make_learner", "mmjax.make_step", "mmjax.fusion.make_fusion",
                 "mmjax.data.sample_episodes"}
     assert expected <= names, sorted(expected - names)
 
