@@ -1,6 +1,6 @@
 """Times the two layouts of a convolution's kernel gradient ``P^T g`` on this backend.
 
-``mmjax.nn.patch_matmul`` takes ``P^T g`` (``P: [pixels, depth]`` im2col patches,
+``mmjax.nn.conv.patch_matmul`` takes ``P^T g`` (``P: [pixels, depth]`` im2col patches,
 ``g: [pixels, channels]``) as ``(g^T P)^T`` behind an ``optimization_barrier`` when
 ``depth >= 64``; this script measures both forms at Conv-4's shapes (second layer on 75
 query images down to the fourth on 5 support images) so that the rule can be checked on

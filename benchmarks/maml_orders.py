@@ -142,7 +142,7 @@ def measure(spec: dict) -> dict:
     import jax
 
     from mmjax.meta import maml
-    from mmjax.nn import resolve_conv_impl
+    from mmjax.nn.conv import resolve_conv_impl
 
     model, episodes, params, optimizer, opt_state = _build(spec)
     settings = dict(

@@ -1,6 +1,6 @@
 """Representation benchmark: pretrained image + stroke encoders scored on few-shot episodes.
 
-For each objective of :data:`mmjax.representation.OBJECTIVES` (``none`` = random
+For each objective of :data:`mmjax.representation.PRETRAIN_OBJECTIVES` (``none`` = random
 initialisation), pretrains the encoders on drawings of the meta-train classes (image + stroke
 Omniglot), freezes them and reports on the meta-test alphabets:
 
@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 
 from mmjax.data import omniglot_multimodal_splits  # noqa: E402
 from mmjax.representation import (  # noqa: E402
-    OBJECTIVES,
+    PRETRAIN_OBJECTIVES,
     cross_modal_retrieval,
     make_objective,
     pretrain,
@@ -63,7 +63,7 @@ NAMES = {
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--objectives", default=",".join(OBJECTIVES))
+    parser.add_argument("--objectives", default=",".join(PRETRAIN_OBJECTIVES))
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
@@ -82,9 +82,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     objectives = [o for o in args.objectives.split(",") if o]
-    unknown = [o for o in objectives if o not in OBJECTIVES]
+    unknown = [o for o in objectives if o not in PRETRAIN_OBJECTIVES]
     if unknown or not objectives:
-        parser.error(f"--objectives {args.objectives!r}: unknown {unknown}; valid {OBJECTIVES}")
+        parser.error(f"--objectives {args.objectives!r}: unknown {unknown}; valid {PRETRAIN_OBJECTIVES}")
     args.objectives = objectives
     if args.smoke:
         args.steps, args.batch_size, args.features, args.latent = 2, 8, 4, 4
@@ -215,8 +215,8 @@ def run_objective(name: str, args, train: dict, test: dict, retrieval: dict) -> 
 def markdown(rows: list[dict], args) -> str:
     gallery = rows[0]["gallery"]
     lines = [
-        f"| objective | loss (first → last) | 5-way 1-shot ProtoNet (%) | image→strokes R@1 (%) "
-        f"| R@5 (%) | pretrain time |",
+        "| objective | loss (first → last) | 5-way 1-shot ProtoNet (%) | image→strokes R@1 (%) "
+        "| R@5 (%) | pretrain time |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:

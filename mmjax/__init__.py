@@ -1,10 +1,13 @@
 """mmjax: multimodal few-shot meta-learning in JAX.
 
-Public API, re-exported from the subpackages: ``mmjax.data`` (Omniglot images and pen
-strokes, on-device episodes), ``mmjax.nn`` (encoders), ``mmjax.fusion`` (fusion layers with
-modality masks), ``mmjax.meta`` (MAML and other meta-learners), ``mmjax.train`` (trainer,
-evaluation, checkpoints), ``mmjax.representation`` (multimodal autoencoder, VAE, contrastive,
-CCA, adversarial alignment) and ``mmjax.configs``.
+The names a user calls, re-exported from the subpackages: configs (``get_config``), episodes
+(``sample_episodes``), models (``Conv4``, ``MultimodalEncoder``, ``make_fusion``), learners
+(``make_learner``), the meta-training step, evaluation. Everything else is reachable by module:
+``mmjax.data`` (Omniglot images and pen strokes, on-device episodes), ``mmjax.nn`` (encoders),
+``mmjax.fusion`` (fusion layers with ``[B, M]`` modality masks), ``mmjax.meta`` (MAML and the
+other meta-learners), ``mmjax.train`` (trainer, evaluation, checkpoints),
+``mmjax.representation`` (multimodal autoencoder, VAE, contrastive, CCA, adversarial alignment)
+and ``mmjax.configs``.
 """
 
 from mmjax import configs, data, fusion, meta, nn, representation, train
@@ -12,18 +15,12 @@ from mmjax.configs import apply_overrides, available_configs, get_config
 from mmjax.data import Episode, omniglot_splits, sample_episode, sample_episodes
 from mmjax.fusion import make_fusion
 from mmjax.meta import (
-    MetaGradient,
     MetaLearner,
     adapt,
+    available_learners,
     classification_loss,
     make_learner,
-    make_meta_train_step,
-    make_pmap_meta_train_step,
-    make_sharded_meta_train_step,
-    maml_learner,
-    meta_grad,
-    meta_loss,
-    task_loss,
+    make_step,
 )
 from mmjax.nn import MLP, Classifier, Conv4, MultimodalEncoder, StrokeEncoder
 from mmjax.train import confidence_interval, evaluate_checkpoint, evaluate_learner
@@ -31,17 +28,17 @@ from mmjax.train import confidence_interval, evaluate_checkpoint, evaluate_learn
 __version__ = "0.1.0"
 
 __all__ = [
+    "MLP",
     "Classifier",
     "Conv4",
     "Episode",
-    "MLP",
-    "MetaGradient",
     "MetaLearner",
     "MultimodalEncoder",
     "StrokeEncoder",
     "adapt",
     "apply_overrides",
     "available_configs",
+    "available_learners",
     "classification_loss",
     "configs",
     "confidence_interval",
@@ -52,18 +49,12 @@ __all__ = [
     "get_config",
     "make_fusion",
     "make_learner",
-    "make_meta_train_step",
-    "make_pmap_meta_train_step",
-    "make_sharded_meta_train_step",
-    "maml_learner",
+    "make_step",
     "meta",
-    "meta_grad",
-    "meta_loss",
     "nn",
     "omniglot_splits",
     "representation",
     "sample_episode",
     "sample_episodes",
-    "task_loss",
     "train",
 ]

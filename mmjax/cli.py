@@ -143,12 +143,40 @@ def _evaluate(args) -> int:
     return 0
 
 
+# Modules whose TypeErrors are about the user's input (a config value of the wrong type, a
+# config section a learner does not accept); a TypeError raised anywhere else is a bug.
+_CONFIG_MODULES = ("mmjax.configs", "mmjax.train.builders")
+
+
+def _is_bad_input(error: BaseException) -> bool:
+    """Whether ``error`` is bad user input (exit 2, one line) rather than a bug (traceback).
+
+    ``ValueError`` / ``FileNotFoundError`` are mmjax's input checks. A ``TypeError`` counts only
+    when raised by config parsing (its innermost frame is in :data:`_CONFIG_MODULES`).
+    """
+    if isinstance(error, (ValueError, FileNotFoundError)):
+        return True
+    if not isinstance(error, TypeError) or error.__traceback__ is None:
+        return False
+    frame = error.__traceback__
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    module = frame.tb_frame.f_globals.get("__name__", "")
+    return any(module == m or module.startswith(m + ".") for m in _CONFIG_MODULES)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``mmjax train`` / ``mmjax evaluate``; returns the process exit status."""
+    """``mmjax train`` / ``mmjax evaluate``; returns the process exit status.
+
+    Bad input (an unknown config or key, a value of the wrong type, a missing file) exits 2
+    with a one-line message; any other error propagates with its traceback.
+    """
     args = _parser().parse_args(argv)
     try:
         return {"train": _train, "evaluate": _evaluate}[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as error:
+        if not _is_bad_input(error):
+            raise
         print(f"mmjax {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -46,7 +46,7 @@ def _config(*overrides):
 
 
 FEATURES = [jnp.ones((3, 4)), jnp.ones((3, 5))]
-ONES = jnp.ones((2, 3))  # fusion mask [modalities, batch]: every modality present
+ONES = jnp.ones((3, 2))  # fusion mask [B, M] = [batch, modalities]: every modality present
 ONE_TASK = data.Episode(X, Y, X, Y)  # no task axis
 TASKS = jax.tree.map(lambda x: jnp.stack([x, x]), ONE_TASK)  # [2 tasks, ...]
 SETTINGS = {"inner_lr": 0.1, "num_steps": 1}
@@ -77,7 +77,7 @@ def _fusion_on_other_modalities(name, num_modalities):
     layer = fusion.make_fusion(name, **FUSIONS[name])
     layer_params = jax.eval_shape(layer.init, KEY, FEATURES, ONES)  # traced: checks are static
     features = (FEATURES + [jnp.ones((3, 2))])[:num_modalities]
-    return jax.eval_shape(layer.apply, layer_params, features, jnp.ones((num_modalities, 3)))
+    return jax.eval_shape(layer.apply, layer_params, features, jnp.ones((3, num_modalities)))
 
 
 def _multimodal(image_dtype=jnp.float32, mask=1.0):
@@ -154,23 +154,25 @@ CASES = [
     ("fusion name", lambda p: fusion.make_fusion("concatt"),
      ValueError, r"Unknown fusion method 'concatt'. Did you mean 'concat'\?"),
     ("fusion all modalities off",
-     lambda p: fusion.ConcatFusion().init(KEY, FEATURES, jnp.array([[1, 0, 1], [1, 0, 1]])),
-     ValueError, r"mask of shape \(2, 3\) has samples with every modality masked: \[1\]"),
-    ("fusion mask shape", lambda p: fusion.ConcatFusion().init(KEY, FEATURES, jnp.ones((3, 2))),
-     ValueError, r"mask has shape \(3, 2\); expected \(num_modalities, batch\) = \(2, 3\)"),
+     lambda p: fusion.ConcatFusion().init(KEY, FEATURES, jnp.array([[1, 1], [0, 0], [1, 1]])),
+     ValueError, r"mask of shape \(3, 2\) has samples with every modality masked: \[1\]"),
+    ("fusion mask shape", lambda p: fusion.ConcatFusion().init(KEY, FEATURES, jnp.ones((2, 3))),
+     ValueError, (r"mask has shape \(2, 3\); expected \[B, M\] = \[batch, num_modalities\] = "
+                  r"\[3, 2\]\. It is modality-first \[M, B\]; pass mask\.T\.")),
     ("fusion feature rank",
-     lambda p: fusion.validate_features([jnp.ones(3), jnp.ones((3, 5))], jnp.ones((2, 3))),
+     lambda p: fusion.common.validate_features([jnp.ones(3), jnp.ones((3, 5))], jnp.ones((3, 2))),
      ValueError, r"features\[0\] has shape \(3,\); expected a rank-2 array \[batch, D_0\]"),
     ("fusion batch mismatch",
-     lambda p: fusion.validate_features([jnp.ones((3, 4)), jnp.ones((2, 5))], jnp.ones((2, 3))),
+     lambda p: fusion.common.validate_features([jnp.ones((3, 4)), jnp.ones((2, 5))],
+                                               jnp.ones((3, 2))),
      ValueError, r"features\[1\] has shape \(2, 5\); expected batch size 3"),
     ("fusion mask one half", lambda p: fusion.ConcatFusion().init(KEY, FEATURES, 0.5 * ONES),
-     ValueError, r"mask of shape \(2, 3\) must hold only 0/1 \(or booleans\); got values \[0.5\]"),
+     ValueError, r"mask of shape \(3, 2\) must hold only 0/1 \(or booleans\); got values \[0.5\]"),
     ("fusion mask two", lambda p: fusion.LateFusion(2).init(KEY, FEATURES, 2 * ONES),
-     ValueError, r"mask of shape \(2, 3\) must hold only 0/1 \(or booleans\); got values \[2.0\]"),
+     ValueError, r"mask of shape \(3, 2\) must hold only 0/1 \(or booleans\); got values \[2.0\]"),
     ("fusion mask nan",
      lambda p: fusion.AttentionFusion(4).init(KEY, FEATURES, ONES.at[0, 0].set(jnp.nan)),
-     ValueError, (r"mask of shape \(2, 3\) must hold only 0/1 \(or booleans\); got values "
+     ValueError, (r"mask of shape \(3, 2\) must hold only 0/1 \(or booleans\); got values "
                   r"\[1.0, nan\]")),
     ("late params for 2 modalities on 1", lambda p: _fusion_on_other_modalities("late", 1),
      ValueError, (r"LateFusion params were made for 2 modalities \(\['head_0', 'head_1'\]\) but "
@@ -460,6 +462,25 @@ def test_cli_errors_exit_2_with_the_message(tmp_path, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+def test_cli_config_type_error_exits_2_with_one_line(tmp_path, capsys):
+    argv = ["train", "--set", "num_steps='many'", "--workdir", str(tmp_path)]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == "mmjax train: error: config key 'num_steps' expects int; got \"'many'\" (str)\n"
+
+
+def test_cli_type_error_from_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    from mmjax.train import loop
+
+    def buggy_train(*args, **kwargs):
+        return len(3)  # a TypeError raised by code, not by the user's input
+
+    monkeypatch.setattr(loop, "train", buggy_train)
+    with pytest.raises(TypeError, match="has no len") as info:
+        cli_main(["train", "--workdir", str(tmp_path)])
+    assert info.traceback[-1].name == "buggy_train"
+
+
 def test_cli_episode_count_is_checked_by_the_parser(capsys):
     with pytest.raises(SystemExit) as info:
         cli_main(["evaluate", "--checkpoint", "w", "--episodes", "0"])
@@ -502,8 +523,8 @@ def test_traced_fusion_mask_counts_any_nonzero_as_present():
     layer = fusion.LateFusion(2)
     layer_params = layer.init(KEY, FEATURES, ONES)
     apply = jax.jit(layer.apply)  # one compilation for both masks
-    mask = ONES.at[1, 0].set(0)
-    soft = mask * jnp.array([[0.5], [2.0]])
+    mask = ONES.at[0, 1].set(0)  # sample 0 without modality 1
+    soft = mask * jnp.array([[0.5, 2.0]])  # per-modality scales
     np.testing.assert_allclose(
         apply(layer_params, FEATURES, soft), apply(layer_params, FEATURES, mask)
     )

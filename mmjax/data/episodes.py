@@ -158,7 +158,8 @@ def sample_episodes(
 
 
 def to_device(data: ClassImages | chex.ArrayTree) -> chex.ArrayTree:
-    """Puts `ClassImages` images ([C, E, H, W, 1]) or a pytree of arrays on the device."""
+    """Puts ``data`` on the device: `ClassImages` -> its images ``[C, E, H, W, 1]``; any other
+    pytree of arrays (leaves ``[C, E, ...]``) leaf by leaf."""
     if isinstance(data, ClassImages):
         return jnp.asarray(data.images)
     return jax.tree.map(jnp.asarray, data)

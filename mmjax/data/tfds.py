@@ -114,8 +114,8 @@ def load_tfds_classes(
         by_label[label].append(index)
         if len(images[label]) < examples_per_class:
             images[label].append(_to_gray(example[image_key], index, image_size))
-    kept = sorted(l for l in by_label if len(by_label[l]) >= examples_per_class)
-    dropped = sorted(l for l in by_label if len(by_label[l]) < examples_per_class)
+    kept = sorted(lab for lab in by_label if len(by_label[lab]) >= examples_per_class)
+    dropped = sorted(lab for lab in by_label if len(by_label[lab]) < examples_per_class)
     if dropped:
         _LOG.warning(
             "%s[%s]: dropped %d of %d classes with fewer than examples_per_class=%d examples",
@@ -130,11 +130,13 @@ def load_tfds_classes(
             f"no class of {name}[{split}] has examples_per_class={examples_per_class} examples "
             f"(largest class: {max((len(v) for v in by_label.values()), default=0)})"
         )
-    array = np.stack([np.stack(images[l]) for l in kept])[..., None]
+    array = np.stack([np.stack(images[lab]) for lab in kept])[..., None]
     return TfdsClassImages(
         images=1.0 - array if invert else array,
-        class_names=tuple(label_name(l) for l in kept),
-        drawing_ids=np.array([[str(i) for i in by_label[l][:examples_per_class]] for l in kept]),
-        dropped_classes=tuple(label_name(l) for l in dropped),
-        dropped_class_sizes=tuple(len(by_label[l]) for l in dropped),
+        class_names=tuple(label_name(lab) for lab in kept),
+        drawing_ids=np.array(
+            [[str(i) for i in by_label[lab][:examples_per_class]] for lab in kept]
+        ),
+        dropped_classes=tuple(label_name(lab) for lab in dropped),
+        dropped_class_sizes=tuple(len(by_label[lab]) for lab in dropped),
     )

@@ -32,7 +32,7 @@ class AttentionFusion(nn.Module):
 
     Call:
       ``features``: ``M`` arrays ``[batch, D_m]`` (dimensions may differ); ``mask``:
-      ``[M, batch]``. Returns ``z``: ``[batch, features_out]``. Sows the attention weights as
+      ``[B, M]``. Returns ``z``: ``[batch, features_out]``. Sows the attention weights as
       ``intermediates/weights``: ``[M, batch, features_out]``, or ``[M, batch]`` when
       ``scalar``. An all-masked sample raises in eager calls and gives zeros when traced.
     """
@@ -49,7 +49,7 @@ class AttentionFusion(nn.Module):
             [nn.Dense(self.features_out, name=f"project_{m}")(x) for m, x in enumerate(features)]
         )  # [M, batch, d]
         scores = nn.Dense(1 if self.scalar else self.features_out, name="score")(projected)
-        weights = common.masked_softmax(scores, present[..., None], axis=0)
+        weights = common.masked_softmax(scores, present.T[..., None], axis=0)
         self.sow("intermediates", "weights", weights[..., 0] if self.scalar else weights)
         return jnp.sum(weights * projected, axis=0)
 
@@ -70,7 +70,7 @@ class CrossModalAttention(nn.Module):
 
     Call:
       ``features``: ``M`` arrays ``[batch, D_m]`` (dimensions may differ); ``mask``:
-      ``[M, batch]``. Returns ``[batch, features_out]``. Sows the attention weights
+      ``[B, M]``. Returns ``[batch, features_out]``. Sows the attention weights
       ``[batch, num_heads, M (query), M (key)]`` as ``intermediates/weights``. An all-masked
       sample raises in eager calls and gives zeros when traced.
     """
@@ -101,10 +101,10 @@ class CrossModalAttention(nn.Module):
         query, key, value = heads("query"), heads("key"), heads("value")
         scores = jnp.einsum("bqhc,bkhc->bhqk", query, key) * head_dim**-0.5
         others = ~jnp.eye(num_modalities, dtype=bool)
-        key_mask = einops.rearrange(present, "k b -> b 1 1 k") & others  # [batch, 1, q, k]
+        key_mask = einops.rearrange(present, "b k -> b 1 1 k") & others  # [batch, 1, q, k]
         weights = common.masked_softmax(scores, key_mask, axis=-1)
         self.sow("intermediates", "weights", weights)
         attended = jnp.einsum("bhqk,bkhc->bqhc", weights, value)
         tokens = tokens + nn.DenseGeneral(self.features_out, axis=(-2, -1), name="out")(attended)
-        pooled = common.masked_mean(tokens, einops.rearrange(present, "m b -> b m 1"), axis=1)
+        pooled = common.masked_mean(tokens, einops.rearrange(present, "b m -> b m 1"), axis=1)
         return common.zero_all_masked(pooled, present)

@@ -4,8 +4,12 @@ Conventions used by every fusion module in :mod:`mmjax.fusion`:
 
 * ``features`` is a sequence (tuple or list) of ``M`` arrays, modality ``m`` shaped
   ``[batch, D_m]``; the ``D_m`` may differ between modalities.
-* ``mask`` is ``[M, batch]`` (bool, or numbers 0/1); ``True``/1 means the modality is present
-  for that sample.
+* ``mask`` is ``[B, M]`` (batch, modalities; bool, or numbers 0/1), the layout
+  :class:`mmjax.data.Episode` and :class:`mmjax.nn.MultimodalEncoder` use; ``True``/1 means the
+  modality is present for that sample. A ``[M, B]`` mask is refused (unless ``M == B``, where
+  the shape cannot tell).
+* Inside a layer the features are stacked modality-first, ``[M, B, d]``; the layers transpose
+  the mask to match that stack themselves (``present.T``), never the caller.
 * A masked modality has no influence on the output: its features are replaced by zeros with
   :func:`jnp.where` before any computation, so the output is unchanged whatever the masked
   values are (NaN and inf included) and the gradient w.r.t. them is exactly zero.
@@ -26,7 +30,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import chex
-import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -72,7 +75,7 @@ def check_modality_params(
         raise ValueError(
             f"{type(module).__name__} params were made for {len(names) + offset} modalities "
             f"({names}) but features and mask give {num_modalities} (features has one array "
-            "per modality, mask [num_modalities, batch]); use params initialised for this "
+            "per modality, mask [B, M] = [batch, num_modalities]); use params initialised for this "
             "number of modalities"
         )
 
@@ -100,14 +103,14 @@ def validate_features(features: Sequence[chex.Array], mask: chex.Array) -> tuple
 
     Args:
       features: sequence of ``M`` arrays, modality ``m`` shaped ``[batch, D_m]``.
-      mask: ``[M, batch]`` presence mask.
+      mask: ``[B, M]`` presence mask (batch, modalities).
 
     Returns:
-      ``(M, batch)``.
+      ``(M, B)``.
 
     Raises:
       ValueError: if ``features`` is not a non-empty sequence of rank-2 arrays with one batch
-        size, or if ``mask`` is not shaped exactly ``(M, batch)``.
+        size, or if ``mask`` is not shaped exactly ``[B, M]`` (a ``[M, B]`` mask included).
     """
     if not isinstance(features, (tuple, list)):
         raise ValueError(
@@ -134,10 +137,15 @@ def validate_features(features: Sequence[chex.Array], mask: chex.Array) -> tuple
                 f"features[0]), i.e. shape ({batch}, D_{m})."
             )
     mask_shape = tuple(np.shape(mask))
-    if mask_shape != (num_modalities, batch):
+    if mask_shape != (batch, num_modalities):
+        hint = (
+            " It is modality-first [M, B]; pass mask.T."
+            if mask_shape == (num_modalities, batch)
+            else ""
+        )
         raise ValueError(
-            f"mask has shape {mask_shape}; expected (num_modalities, batch) = "
-            f"({num_modalities}, {batch})."
+            f"mask has shape {mask_shape}; expected [B, M] = [batch, num_modalities] = "
+            f"[{batch}, {num_modalities}].{hint}"
         )
     return num_modalities, batch
 
@@ -151,10 +159,10 @@ def check_mask(mask: chex.Array) -> jax.Array:
     present, and the fusion modules return zeros for an all-masked sample instead of raising.
 
     Args:
-      mask: ``[M, batch]`` bool or 0/1 numbers.
+      mask: ``[B, M]`` bool or 0/1 numbers.
 
     Returns:
-      ``[M, batch]`` bool array, ``True`` where the modality is present.
+      ``[B, M]`` bool array, ``True`` where the modality is present.
 
     Raises:
       ValueError: for a mask that is not rank 2, or (concrete masks only) that holds values
@@ -163,7 +171,7 @@ def check_mask(mask: chex.Array) -> jax.Array:
     shape = tuple(np.shape(mask))
     if len(shape) != 2:
         raise ValueError(
-            f"mask has shape {shape}; expected a rank-2 array [num_modalities, batch]."
+            f"mask has shape {shape}; expected a rank-2 array [B, M] = [batch, num_modalities]."
         )
     if not _is_traced(mask):
         values = np.asarray(mask)
@@ -173,7 +181,7 @@ def check_mask(mask: chex.Array) -> jax.Array:
                     f"mask of shape {shape} must hold only 0/1 (or booleans); got values "
                     f"{np.unique(values)[:8].tolist()}."
                 )
-        all_masked = ~np.any(values.astype(bool), axis=0)
+        all_masked = ~np.any(values.astype(bool), axis=1)
         if np.any(all_masked):
             raise ValueError(
                 f"mask of shape {shape} has samples with every modality masked: "
@@ -192,12 +200,12 @@ def mask_features(features: Sequence[chex.Array], present: chex.Array) -> list[j
 
     Args:
       features: sequence of ``M`` arrays ``[batch, D_m]``.
-      present: ``[M, batch]`` bool mask.
+      present: ``[B, M]`` bool mask.
 
     Returns:
       List of ``M`` arrays ``[batch, D_m]``, zero where the modality is masked.
     """
-    return [jnp.where(present[m][:, None], jnp.asarray(x), 0) for m, x in enumerate(features)]
+    return [jnp.where(present[:, m, None], jnp.asarray(x), 0) for m, x in enumerate(features)]
 
 
 def prepare(features: Sequence[chex.Array], mask: chex.Array) -> tuple[list[jax.Array], jax.Array]:
@@ -205,11 +213,11 @@ def prepare(features: Sequence[chex.Array], mask: chex.Array) -> tuple[list[jax.
 
     Args:
       features: sequence of ``M`` arrays ``[batch, D_m]``.
-      mask: ``[M, batch]`` bool or 0/1.
+      mask: ``[B, M]`` bool or 0/1.
 
     Returns:
       ``(masked_features, present)``: the ``M`` arrays with masked rows set to zero, and the
-      ``[M, batch]`` bool mask.
+      ``[B, M]`` bool mask.
     """
     validate_features(features, mask)
     present = check_mask(mask)
@@ -262,12 +270,12 @@ def zero_all_masked(outputs: chex.Array, present: chex.Array) -> jax.Array:
 
     Args:
       outputs: ``[batch, ...]``.
-      present: ``[M, batch]`` bool mask.
+      present: ``[B, M]`` bool mask.
 
     Returns:
       ``outputs`` with the rows of all-masked samples replaced by zeros.
     """
-    any_present = jnp.any(present, axis=0)
+    any_present = jnp.any(present, axis=1)
     any_present = any_present.reshape(any_present.shape + (1,) * (outputs.ndim - 1))
     return jnp.where(any_present, outputs, 0)
 
@@ -279,7 +287,7 @@ def concat_masked(
 
     Args:
       features: ``M`` arrays ``[batch, D_m]`` (masked rows already zero).
-      present: ``[M, batch]`` bool mask.
+      present: ``[B, M]`` bool mask.
       indicators: append the mask as ``M`` float features.
 
     Returns:
@@ -288,5 +296,5 @@ def concat_masked(
     parts = list(features)
     if indicators:
         dtype = jnp.result_type(*features)
-        parts.append(einops.rearrange(present, "m b -> b m").astype(dtype))
+        parts.append(present.astype(dtype))
     return jnp.concatenate(parts, axis=-1)

@@ -23,7 +23,7 @@ class ConcatFusion(nn.Module):
         ``None`` the concatenation itself is returned.
 
     Call:
-      ``features``: ``M`` arrays ``[batch, D_m]``; ``mask``: ``[M, batch]`` bool or 0/1.
+      ``features``: ``M`` arrays ``[batch, D_m]``; ``mask``: ``[B, M]`` bool or 0/1.
       Returns ``[batch, features_out]``, or ``[batch, sum_m D_m + M]`` without projection.
       A sample with every modality masked raises in eager calls (see
       :func:`mmjax.fusion.common.check_mask`) and gives a row of zeros when traced.

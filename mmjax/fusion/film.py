@@ -45,7 +45,7 @@ class FiLMFusion(nn.Module):
 
     Call:
       ``features``: ``M >= 2`` arrays ``[batch, D_m]`` (dimensions may differ); ``mask``:
-      ``[M, batch]``. Returns ``[batch, features_out]``. Sows ``gamma`` and ``beta``
+      ``[B, M]``. Returns ``[batch, features_out]``. Sows ``gamma`` and ``beta``
       (``[batch, d]`` each) as ``intermediates/gamma`` and ``intermediates/beta``. An all-masked
       sample raises in eager calls and gives zeros when traced.
     """
@@ -69,7 +69,7 @@ class FiLMFusion(nn.Module):
                 for m, x in enumerate(features[1:], start=1)
             ]
         )  # [M - 1, batch, 2d]
-        modulation = common.masked_mean(modulation, present[1:, :, None], axis=0)
+        modulation = common.masked_mean(modulation, present.T[1:, :, None], axis=0)
         gamma, beta = jnp.split(modulation, 2, axis=-1)
         self.sow("intermediates", "gamma", gamma)
         self.sow("intermediates", "beta", beta)

@@ -30,7 +30,7 @@ class GatedFusion(nn.Module):
 
     Call:
       ``features``: ``M`` arrays ``[batch, D_m]`` (dimensions may differ); ``mask``:
-      ``[M, batch]``. Returns ``[batch, features_out]``. Sows the gates ``[M, batch, d]``
+      ``[B, M]``. Returns ``[batch, features_out]``. Sows the gates ``[M, batch, d]``
       (zero for masked modalities) as ``intermediates/weights``. An all-masked sample raises in
       eager calls and gives zeros when traced.
     """
@@ -55,6 +55,6 @@ class GatedFusion(nn.Module):
                 for m in range(len(features))
             ]
         )
-        gates = jnp.where(present[..., None], gates, 0)
+        gates = jnp.where(present.T[..., None], gates, 0)
         self.sow("intermediates", "weights", gates)
         return jnp.sum(gates * hidden, axis=0)

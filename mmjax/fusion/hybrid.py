@@ -9,8 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.fusion import common
-from mmjax.fusion import late
+from mmjax.fusion import common, late
 
 
 class HybridFusion(nn.Module):
@@ -27,7 +26,7 @@ class HybridFusion(nn.Module):
         ``source_logits``), as in :class:`~mmjax.fusion.late.LateFusion`.
 
     Call:
-      ``features``: ``M`` arrays ``[batch, D_m]``; ``mask``: ``[M, batch]``. Returns fused
+      ``features``: ``M`` arrays ``[batch, D_m]``; ``mask``: ``[B, M]``. Returns fused
       logits ``[batch, num_classes]``. Sows the ``[M + 1, batch]`` source weights as
       ``intermediates/weights``. An all-masked sample raises in eager calls and gives zero
       logits when traced.
@@ -49,7 +48,7 @@ class HybridFusion(nn.Module):
             [early]
             + [nn.Dense(self.num_classes, name=f"head_{m}")(x) for m, x in enumerate(features)]
         )
-        sources = jnp.concatenate([jnp.any(present, axis=0, keepdims=True), present], axis=0)
+        sources = jnp.concatenate([jnp.any(present, axis=1, keepdims=True), present], axis=1)
         source_logits = None
         if self.weighting == "learned":
             source_logits = self.param(

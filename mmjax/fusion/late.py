@@ -27,7 +27,7 @@ def combine_logits(
 
     Args:
       logits: ``[S, batch, num_classes]``, one slice per source.
-      present: ``[S, batch]`` bool mask.
+      present: ``[B, S]`` bool mask (batch, sources).
       source_logits: ``[S]`` learned scores (softmax-weighted, renormalised over the present
         sources), or ``None`` for the plain masked mean.
 
@@ -35,6 +35,7 @@ def combine_logits(
       ``(fused, weights)``: ``[batch, num_classes]`` (zeros for a sample with no source
       present) and the ``[S, batch]`` weights (zero for masked sources).
     """
+    present = present.T  # [S, batch], as the stacked logits
     if source_logits is None:
         scores = jnp.zeros(present.shape, logits.dtype)
     else:
@@ -53,7 +54,7 @@ class LateFusion(nn.Module):
 
     Call:
       ``features``: ``M`` arrays ``[batch, D_m]`` (dimensions may differ); ``mask``:
-      ``[M, batch]``. Returns fused logits ``[batch, num_classes]``. Sows the ``[M, batch]``
+      ``[B, M]``. Returns fused logits ``[batch, num_classes]``. Sows the ``[M, batch]``
       modality weights (zero for masked ones) as ``intermediates/weights``. An all-masked
       sample raises in eager calls and gives zero logits when traced.
     """

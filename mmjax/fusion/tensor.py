@@ -37,7 +37,7 @@ class TensorFusion(nn.Module):
         silently allocating a huge Dense kernel.
 
     Call:
-      ``features``: ``M`` arrays ``[batch, D_m]``; ``mask``: ``[M, batch]``. Returns
+      ``features``: ``M`` arrays ``[batch, D_m]``; ``mask``: ``[B, M]``. Returns
       ``[batch, features_out]``. An all-masked sample raises in eager calls and gives zeros
       when traced.
     """
@@ -82,7 +82,7 @@ class LowRankTensorFusion(nn.Module):
       rank: number of rank-one terms.
 
     Call:
-      ``features``: ``M`` arrays ``[batch, D_m]``; ``mask``: ``[M, batch]``. Returns
+      ``features``: ``M`` arrays ``[batch, D_m]``; ``mask``: ``[B, M]``. Returns
       ``[batch, features_out]``. An all-masked sample raises in eager calls and gives zeros
       when traced.
     """

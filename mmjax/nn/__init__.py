@@ -1,42 +1,22 @@
 """Encoders: Conv-4 and ResNet-12 (vmap-friendly convolution), MLP, stroke-sequence encoders,
-classifier."""
+multimodal encoder, classifier.
+
+Re-exported here: the modules a user builds a model from. The convolution kernels (im2col,
+patch matmul, the fused batch norm) live in :mod:`mmjax.nn.conv` and :mod:`mmjax.nn.conv_norm`.
+"""
 
 from mmjax.nn.classifier import Classifier
-from mmjax.nn.conv import (
-    BatchStatNorm,
-    Conv2D,
-    Conv4,
-    batch_norm,
-    conv2d_im2col,
-    conv2d_lax,
-    im2col_columns,
-    im2col_patches,
-    patch_matmul,
-    resolve_conv_impl,
-)
-from mmjax.nn.conv_norm import conv_batch_norm_relu
+from mmjax.nn.conv import Conv4
 from mmjax.nn.mlp import MLP
 from mmjax.nn.multimodal import MultimodalEncoder
-from mmjax.nn.resnet import RESNET12_WIDTHS, ResidualBlock, ResNet12
+from mmjax.nn.resnet import ResNet12
 from mmjax.nn.sequence import StrokeEncoder
 
 __all__ = [
-    "BatchStatNorm",
-    "Classifier",
-    "Conv2D",
-    "Conv4",
     "MLP",
+    "Classifier",
+    "Conv4",
     "MultimodalEncoder",
-    "RESNET12_WIDTHS",
     "ResNet12",
-    "ResidualBlock",
     "StrokeEncoder",
-    "batch_norm",
-    "conv2d_im2col",
-    "conv2d_lax",
-    "conv_batch_norm_relu",
-    "im2col_columns",
-    "im2col_patches",
-    "patch_matmul",
-    "resolve_conv_impl",
 ]

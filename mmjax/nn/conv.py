@@ -2,10 +2,10 @@
 
 On CPU, ``jax.vmap`` of ``lax.conv_general_dilated`` over a batch of *different* kernels
 (one per task, as after MAML's inner loop) lowers to a grouped convolution that XLA:CPU
-runs very slowly (a stock conv under ``vmap`` made a second-order Conv-4 meta-step more than
-100x slower on a 2-core CPU). The ``im2col`` formulation below builds the patches from 9
+runs very slowly (``benchmarks/maml_orders.py`` times the meta-step with either ``conv_impl``;
+figures in ``docs/benchmarks.md``). The ``im2col`` formulation below builds the patches from 9
 strided slices and does one matmul; under ``vmap`` it becomes a batched matmul, which XLA:CPU
-runs at a good fraction of its matmul peak (``benchmarks/maml_orders.py`` measures it).
+runs at a good fraction of its matmul peak (the same benchmark reports the fraction).
 On GPU/TPU, the vmapped ``lax`` conv becomes a grouped convolution, which cuDNN/XLA:TPU
 handle natively. ``conv_impl="auto"`` therefore picks ``im2col`` on CPU and ``lax``
 elsewhere; ``"im2col"`` or ``"lax"`` forces one (``config.model.conv_impl`` in the configs).
@@ -85,10 +85,9 @@ def patch_matmul(patches: chex.Array, kernel: chex.Array) -> chex.Array:
     The kernel gradient ``patches^T @ g`` contracts the major axis of both operands; XLA:CPU
     runs that form with Eigen, slower than ``(g^T @ patches)^T`` for large products, and
     folds any plain transpose back into it, so the product is taken as ``g^T @ patches``
-    behind an ``optimization_barrier`` when the patches are at least 64 deep (``python
-    benchmarks/kernel_grad_layout.py --repeats 40``: 1.3x faster for Conv-4's second and third layers on
-    75 query images, within 10% either way for the small support-set products, 2.3x slower
-    for a 9-deep first layer, which keeps the plain form). The backward pass is itself
+    behind an ``optimization_barrier`` when the patches are at least 64 deep; a thin first
+    layer keeps the plain form. ``python benchmarks/kernel_grad_layout.py`` times both forms
+    at every Conv-4 shape (figures in ``docs/design.md``). The backward pass is itself
     differentiable (second-order MAML).
     """
     return patches @ kernel
@@ -102,7 +101,7 @@ def _patch_matmul_bwd(residuals, grad):
     patches, kernel = residuals
     if patches.shape[1] >= 64:
         grad_kernel = jax.lax.optimization_barrier(jnp.einsum("nc,nk->ck", grad, patches)).T
-    else:  # a thin [N, 9] first layer: the plain form is the faster one there (measured)
+    else:  # a thin [N, 9] first layer: the plain form is faster (benchmarks/kernel_grad_layout.py)
         grad_kernel = jnp.einsum("nk,nc->kc", patches, grad)
     return jnp.einsum("nc,kc->nk", grad, kernel), grad_kernel
 

@@ -130,4 +130,4 @@ class MultimodalEncoder(nn.Module):
         layer = make_fusion(
             self.fusion, **fusion_kwargs(self.fusion, self.features, self.num_heads)
         )
-        return layer(encoded, mask.T)
+        return layer(encoded, mask)

@@ -30,9 +30,9 @@ def batch_norm(
     """Normalises ``x: [..., C]`` with its own statistics over all but the last axis.
 
     ``scale, bias: [C]``; returns ``[..., C]``, followed by a ReLU when ``relu``. The
-    backward pass is the closed form (two reductions and one elementwise pass), which
-    XLA:CPU runs several times faster than the autodiff of the forward; it is itself
-    differentiable, so second-order MAML differentiates through it.
+    backward pass is the closed form (two reductions and one elementwise pass instead of the
+    many passes of the forward's autodiff; ``benchmarks/maml_orders.py`` times the meta-step
+    it is part of); it is itself differentiable, so second-order MAML differentiates through it.
     """
     return batch_norm_forward(x, scale, bias, epsilon, relu)[0]
 

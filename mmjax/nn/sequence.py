@@ -7,7 +7,7 @@ Three light encoders share one interface, ``StrokeEncoder(features, kind)``:
   ``jax.vmap`` over per-task weights (MAML) it becomes a batched matmul, while ``vmap`` of
   ``lax.conv_general_dilated`` with per-task kernels becomes a grouped convolution that
   XLA:CPU runs slowly. ``conv_impl`` picks the formulation as in :mod:`mmjax.nn.conv`
-  (``"auto"``: ``im2col`` on CPU, where it was measured faster in 1-D too, ``lax`` elsewhere).
+  (``"auto"``: ``im2col`` on CPU, ``lax`` elsewhere).
 * ``"gru"``: ``flax.linen.RNN`` over a ``GRUCell``; the last state.
 * ``"transformer"``: pre-LayerNorm self-attention blocks with learned positional
   embeddings; the mean over time.

@@ -1,114 +1,52 @@
 """Multimodal representation learning: autoencoder, VAE (PoE / MoE / MoPoE), contrastive
 (InfoNCE), CCA (linear and deep), adversarial modality alignment; pretraining on meta-train
-classes and few-shot / cross-modal evaluation of the frozen representation."""
+classes and few-shot / cross-modal evaluation of the frozen representation.
 
-from mmjax.representation.adversarial import (
-    ModalityDiscriminator,
-    gradient_reversal,
-    modality_adversarial_loss,
-)
+Re-exported here: the models, the objectives (by name, :data:`PRETRAIN_OBJECTIVES`), their
+losses, pretraining and evaluation. The building blocks (experts, KL terms, CCA solves,
+normalisation, decoders) live in their modules.
+"""
+
+from mmjax.representation.adversarial import ModalityDiscriminator, modality_adversarial_loss
 from mmjax.representation.autoencoder import MultimodalAutoencoder, autoencoder_loss
-from mmjax.representation.cca import (
-    CCAProjection,
-    LinearCCA,
-    apply_cca_projection,
-    canonical_correlations,
-    cca_loss,
-    fit_cca_projection,
-    linear_cca,
-    top_singular_sum,
-)
-from mmjax.representation.contrastive import info_nce, init_log_temperature, l2_normalize
+from mmjax.representation.cca import LinearCCA, cca_loss
+from mmjax.representation.contrastive import info_nce
 from mmjax.representation.evaluate import (
-    CCAEmbed,
     cross_modal_retrieval,
     embed_drawings,
     fit_cca_on_drawings,
     protonet_accuracies,
     recall_at_k,
 )
-from mmjax.representation.networks import (
-    Decoders,
-    ImageDecoder,
-    ModalityEncoders,
-    MultimodalEmbedding,
-    StrokeDecoder,
-    bernoulli_nll,
-    reconstruction_loss,
-    squared_error,
-)
+from mmjax.representation.networks import MultimodalEmbedding
 from mmjax.representation.pretrain import (
-    OBJECTIVES,
+    PRETRAIN_OBJECTIVES,
     Objective,
     make_objective,
     make_pretrain_step,
     pretrain,
-    sample_batch,
 )
-from mmjax.representation.vae import (
-    COMBINATIONS,
-    MultimodalVAE,
-    combine_experts,
-    elbo_terms,
-    gaussian_kl,
-    mixture_of_experts,
-    mopoe,
-    posterior_mean,
-    product_of_experts,
-    reparameterize,
-    sample_mixture,
-    subsets,
-    vae_loss,
-)
+from mmjax.representation.vae import MultimodalVAE, vae_loss
 
 __all__ = [
-    "CCAEmbed",
-    "CCAProjection",
-    "COMBINATIONS",
-    "Decoders",
-    "ImageDecoder",
+    "PRETRAIN_OBJECTIVES",
     "LinearCCA",
     "ModalityDiscriminator",
-    "ModalityEncoders",
     "MultimodalAutoencoder",
     "MultimodalEmbedding",
     "MultimodalVAE",
-    "OBJECTIVES",
     "Objective",
-    "StrokeDecoder",
-    "apply_cca_projection",
     "autoencoder_loss",
-    "bernoulli_nll",
-    "canonical_correlations",
     "cca_loss",
-    "combine_experts",
     "cross_modal_retrieval",
-    "elbo_terms",
     "embed_drawings",
     "fit_cca_on_drawings",
-    "fit_cca_projection",
-    "gaussian_kl",
-    "gradient_reversal",
     "info_nce",
-    "init_log_temperature",
-    "l2_normalize",
-    "linear_cca",
     "make_objective",
     "make_pretrain_step",
-    "mixture_of_experts",
     "modality_adversarial_loss",
-    "mopoe",
-    "posterior_mean",
     "pretrain",
-    "product_of_experts",
     "protonet_accuracies",
     "recall_at_k",
-    "reconstruction_loss",
-    "reparameterize",
-    "sample_batch",
-    "sample_mixture",
-    "squared_error",
-    "subsets",
-    "top_singular_sum",
     "vae_loss",
 ]

@@ -68,7 +68,8 @@ def modality_adversarial_loss(
       discriminate: ``(params, z: [n, D]) -> [n, M]`` logits (e.g. ``ModalityDiscriminator.apply``).
       discriminator_params: its parameters.
       embeddings: ``[M, batch, D]`` per-modality embeddings.
-      mask: ``[M, batch]`` presence; masked entries are ignored.
+      mask: ``[B, M]`` presence (batch, modalities, as in the data); masked entries are
+        ignored.
       scale: gradient-reversal scale ``>= 0`` seen by the encoders.
 
     Returns:
@@ -79,12 +80,15 @@ def modality_adversarial_loss(
     shape = tuple(np.shape(embeddings))
     if len(shape) != 3:
         raise ValueError(f"embeddings has shape {shape}; expected [modalities, batch, D]")
-    if tuple(np.shape(mask)) != shape[:2]:
-        raise ValueError(f"mask has shape {tuple(np.shape(mask))}; expected {shape[:2]}")
+    if tuple(np.shape(mask)) != shape[1::-1]:
+        raise ValueError(
+            f"mask has shape {tuple(np.shape(mask))}; expected [B, M] = [batch, modalities] = "
+            f"{list(shape[1::-1])}"
+        )
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale < 0:
         raise ValueError(f"scale={scale!r} must be a number >= 0")
     num_modalities, batch, dim = shape
-    present = jnp.asarray(mask).astype(bool).reshape(-1)
+    present = jnp.asarray(mask).T.astype(bool).reshape(-1)  # modality-major, as embeddings
     z = jnp.where(present[:, None], embeddings.reshape(-1, dim), 0.0)
     logits = discriminate(discriminator_params, gradient_reversal(z, float(scale)))
     labels = jnp.repeat(jnp.arange(num_modalities), batch)

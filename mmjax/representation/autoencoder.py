@@ -1,7 +1,7 @@
 """Multimodal autoencoder: per-modality encoders, a fused latent, per-modality decoders.
 
 ``x_image, x_strokes -> (Conv4, StrokeEncoder) -> fusion layer (any of mmjax.fusion, with the
-[M, B] mask) -> z: [B, latent] -> ImageDecoder (Bernoulli logits), StrokeDecoder (offsets)``.
+[B, M] mask) -> z: [B, latent] -> ImageDecoder (Bernoulli logits), StrokeDecoder (offsets)``.
 The loss is the sum of the reconstruction losses of the modalities present in the target
 (Bernoulli NLL for the image, squared error for the strokes). Encoding with a modality masked
 out (modality dropout, :func:`autoencoder_loss` ``encoder_mask``) while reconstructing both
@@ -57,7 +57,7 @@ class MultimodalAutoencoder(nn.Module):
     def embed(self, inputs: dict) -> jax.Array:
         """Fused latent ``[B, latent]`` of the modalities present in ``inputs["mask"]: [B, M]``."""
         encoded = self.encoders(inputs)
-        return self.fuse(list(encoded), presence(inputs))
+        return self.fuse(list(encoded), presence(inputs).T)  # [B, M]
 
     def decode(self, z: chex.Array) -> dict:
         """``z: [B, latent] -> {"image": [B, H, W, C] logits, "strokes": [B, L, 3]}``."""

@@ -66,7 +66,7 @@ def protonet_accuracies(
     Args:
       embed: ``(params, inputs) -> [B, D]`` (e.g. ``Objective.embed``); hashable, static.
       params: its parameters.
-      data: class-grouped pytree (meta-test split).
+      data: class-grouped pytree (meta-test split), leaves ``[C, E, ...]``.
       key: PRNG key of the episodes.
       ways, shots, queries: episode shape.
       num_episodes: episodes in total (a multiple of ``batch_size`` is not needed).
@@ -109,7 +109,7 @@ def embed_drawings(
     flat["mask"] = flat["mask"] * np.asarray(presence_factor, np.float32)
     jitted = jax.jit(embed)
     parts = [
-        np.asarray(jitted(params, jax.tree.map(lambda x: x[s : s + batch_size], flat)))
+        np.asarray(jitted(params, jax.tree.map(lambda x, s=s: x[s : s + batch_size], flat)))
         for s in range(0, len(padded), batch_size)
     ]
     embeddings = np.concatenate(parts)[:total]

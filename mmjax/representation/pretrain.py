@@ -8,7 +8,7 @@ An :class:`Objective` is ``(name, init, loss, embed)`` over a parameter pytree
 * ``embed(params, inputs) -> [B, D]``, the shared representation of a multimodal batch
   (any subset of modalities present, through ``inputs["mask"]``).
 
-:func:`make_objective` builds them by name (:data:`OBJECTIVES`); :func:`make_pretrain_step`
+:func:`make_objective` builds them by name (:data:`PRETRAIN_OBJECTIVES`); :func:`make_pretrain_step`
 is one jitted optax step that samples its batch of drawings from the meta-train classes on
 device (:func:`sample_batch`); :func:`pretrain` runs it for a number of steps.
 """
@@ -32,7 +32,7 @@ from mmjax.representation.contrastive import info_nce, init_log_temperature, l2_
 from mmjax.representation.networks import MultimodalEmbedding, presence
 from mmjax.representation.vae import MultimodalVAE, vae_loss
 
-OBJECTIVES = (
+PRETRAIN_OBJECTIVES = (
     "none",
     "autoencoder",
     "vae_poe",
@@ -60,10 +60,10 @@ class Objective(NamedTuple):
 
 def check_objective(name: str) -> None:
     """Raises ``ValueError`` naming the valid objectives (and the closest) for an unknown one."""
-    if name not in OBJECTIVES:
-        close = difflib.get_close_matches(str(name), OBJECTIVES, n=1)
+    if name not in PRETRAIN_OBJECTIVES:
+        close = difflib.get_close_matches(str(name), PRETRAIN_OBJECTIVES, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"objective={name!r} is not one of {OBJECTIVES}{hint}")
+        raise ValueError(f"objective={name!r} is not one of {PRETRAIN_OBJECTIVES}{hint}")
 
 
 def make_objective(
@@ -85,7 +85,7 @@ def make_objective(
     image_blocks: int = 4,
     stroke_layers: Optional[int] = None,
 ) -> Objective:
-    """Builds objective ``name`` (one of :data:`OBJECTIVES`).
+    """Builds objective ``name`` (one of :data:`PRETRAIN_OBJECTIVES`).
 
     Args:
       name: the objective.
@@ -173,7 +173,7 @@ def make_objective(
                 discriminator.apply,
                 params["discriminator"],
                 l2_normalize(z),
-                mask,
+                mask.T,  # [B, M]
                 scale=reversal_scale,
             )
             metrics = dict(metrics, contrastive=total, **extra)
@@ -260,8 +260,8 @@ def pretrain(
     opt_state = optimizer.init(params)
     step = make_pretrain_step(objective, optimizer, batch_size=batch_size)
     history = []
-    for key in jax.random.split(key, steps):
-        params, opt_state, metrics = step(params, opt_state, data, key)
+    for step_key in jax.random.split(key, steps):
+        params, opt_state, metrics = step(params, opt_state, data, step_key)
         history.append(metrics)
     history = [{k: float(v) for k, v in m.items()} for m in jax.device_get(history)]
     return params, history

@@ -1,7 +1,9 @@
 """The second- vs first-order MAML benchmark runs end to end at tiny sizes."""
 
 import json
+import resource
 
+import numpy as np
 import pytest
 
 from tests.benchmarks import load_benchmark
@@ -40,8 +42,17 @@ def test_smoke_run_writes_jsonl_markdown_and_plots(bench, tmp_path):
         assert KEYS <= set(row)
         assert (row["ways"], row["shots"], row["queries"], row["meta_batch"]) == (5, 1, 2, 2)
         assert row["tasks_per_s"] == pytest.approx(2 / row["s_per_step"], rel=1e-2)
-        assert row["compile_s"] > 0 and row["peak_memory_mb"] > 50
-        assert 0 < row["peak_fraction"] < 1 and row["matmul_peak_gflop_s"] > 0
+        # Timings on a shared CPU bound nothing; check the derived columns are derived right:
+        # achieved GFLOP/s = GFLOP per step / s per step, peak fraction = achieved / matmul peak
+        # (rounding: s_per_step to 5 digits, achieved_gflop_s to 0.01, peak_fraction to 1e-4).
+        assert all(np.isfinite(row[k]) for k in ("compile_s", "peak_memory_mb", "s_per_step"))
+        achieved, peak = row["achieved_gflop_s"], row["matmul_peak_gflop_s"]
+        derived = row["gflop_per_step"] / row["s_per_step"]  # gflop_per_step to 1e-6
+        assert achieved == pytest.approx(derived, rel=1e-4, abs=0.005 + 5e-7 / row["s_per_step"])
+        assert row["peak_fraction"] == pytest.approx(achieved / peak, abs=5e-5 + 0.005 / peak)
+        # --smoke measures in this process: its peak RSS so far bounds the reading from above.
+        assert row["memory_source"] == "host peak RSS"
+        assert row["peak_memory_mb"] <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     second, first = rows
     # The second-order step differentiates through the inner gradient: more FLOPs.
     assert second["gflop_per_step"] > first["gflop_per_step"] > 0

@@ -108,13 +108,13 @@ def test_sample_episodes_batches_independent_episodes():
     chex.assert_shape(batch.query_labels, (BATCH, 15))
     chosen = []
     for i in range(6):
-        chosen.append(tuple(_check_episode(jax.tree.map(lambda x: x[i], batch), **SPEC)))
+        chosen.append(tuple(_check_episode(jax.tree.map(lambda x, i=i: x[i], batch), **SPEC)))
     assert len(set(chosen)) > 1
     # Oracle: episode i is sample_episode with the i-th split key.
     keys = jax.random.split(jax.random.PRNGKey(0), BATCH)
     for i in (0, 2, BATCH - 1):
         single = episodes.sample_episode(keys[i], data, **SPEC)
-        chex.assert_trees_all_equal(single, jax.tree.map(lambda x: x[i], batch))
+        chex.assert_trees_all_equal(single, jax.tree.map(lambda x, i=i: x[i], batch))
 
 
 def test_works_under_vmap_and_jit():
@@ -129,7 +129,7 @@ def test_works_under_vmap_and_jit():
     chex.assert_shape(batch.support_inputs, (4, 10, 2, 2, 1))
     for i in range(4):
         chex.assert_trees_all_equal(
-            jax.tree.map(lambda x: x[i], batch), episodes.sample_episode(keys[i], data, **SPEC)
+            jax.tree.map(lambda x, i=i: x[i], batch), episodes.sample_episode(keys[i], data, **SPEC)
         )
 
 
@@ -283,7 +283,7 @@ def test_property_sample_episodes_batch(spec, seed):
     chex.assert_shape(batch.support_labels, (batch_size, ways * shots))
     chex.assert_shape(batch.query_labels, (batch_size, ways * queries))
     for i in range(batch_size):
-        _check_pair_episode(jax.tree.map(lambda x: x[i], batch), *spec)
+        _check_pair_episode(jax.tree.map(lambda x, i=i: x[i], batch), *spec)
 
 
 @st.composite

@@ -31,20 +31,20 @@ def test_mnist_grouped_by_label_with_dropped_classes(caplog):
         with caplog.at_level(logging.WARNING):
             data = load_tfds_classes("mnist", split="train", examples_per_class=4)
     counts = collections.Counter(label for label, _ in examples)
-    kept = sorted(l for l, n in counts.items() if n >= 4)
-    dropped = sorted(l for l, n in counts.items() if n < 4)
+    kept = sorted(lab for lab, n in counts.items() if n >= 4)
+    dropped = sorted(lab for lab, n in counts.items() if n < 4)
     assert kept and dropped  # The mock data exercises both branches.
     assert isinstance(data, TfdsClassImages) and isinstance(data, ClassImages)
     assert data.images.shape == (len(kept), 4, 28, 28, 1)
     assert data.images.dtype == np.float32
     assert 0.0 <= data.images.min() and data.images.max() <= 1.0
-    assert data.class_names == tuple(str(l) for l in kept)
-    assert data.dropped_classes == tuple(str(l) for l in dropped)
-    assert data.dropped_class_sizes == tuple(counts[l] for l in dropped)
+    assert data.class_names == tuple(str(lab) for lab in kept)
+    assert data.dropped_classes == tuple(str(lab) for lab in dropped)
+    assert data.dropped_class_sizes == tuple(counts[lab] for lab in dropped)
     assert f"dropped {len(dropped)} of {len(counts)} classes" in caplog.text
     # Each class keeps its first 4 examples in split order, pixel for pixel.
     for c, label in enumerate(kept):
-        indices = [i for i, (l, _) in enumerate(examples) if l == label][:4]
+        indices = [i for i, (lab, _) in enumerate(examples) if lab == label][:4]
         assert list(data.drawing_ids[c]) == [str(i) for i in indices]
         for e, i in enumerate(indices):
             np.testing.assert_allclose(
@@ -59,12 +59,12 @@ def test_omniglot_rgb_is_resized_grayscale_and_inverted():
         inverted = load_tfds_classes(
             "omniglot", split="train", examples_per_class=1, image_size=20, invert=True
         )
-    assert plain.images.shape == (len({l for l, _ in examples}), 1, 20, 20, 1)
+    assert plain.images.shape == (len({lab for lab, _ in examples}), 1, 20, 20, 1)
     np.testing.assert_allclose(inverted.images, 1.0 - plain.images, atol=1e-6)
     assert plain.dropped_classes == ()
     # The mock images are noise around mid-gray; grayscale keeps that.
     assert 0.3 < plain.images.mean() < 0.7
-    first = [i for i, (l, _) in enumerate(examples) if str(l) == plain.class_names[0]][0]
+    first = [i for i, (lab, _) in enumerate(examples) if str(lab) == plain.class_names[0]][0]
     assert plain.drawing_ids[0, 0] == str(first)
 
 

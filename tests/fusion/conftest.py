@@ -11,12 +11,13 @@ import pytest
 
 
 class FusionInputs:
-    """Standard inputs: three modalities of widths ``DIMS``, batch ``BATCH``, mask ``MASK``."""
+    """Standard inputs: three modalities of widths ``DIMS``, batch ``BATCH``, mask ``MASK``
+    (``[B, M]``, as every fusion layer takes it)."""
 
     DIMS = (3, 5, 2)
     BATCH = 5
     # Every sample has a modality present; every modality is masked for some sample.
-    MASK = np.array([[1, 0, 1, 1, 0], [1, 1, 0, 1, 1], [0, 1, 1, 1, 0]], dtype=bool)
+    MASK = np.array([[1, 1, 0], [0, 1, 1], [1, 0, 1], [1, 1, 1], [0, 1, 0]], dtype=bool)
 
     @staticmethod
     def features(seed: int = 0, dims=DIMS, batch: int = BATCH) -> list[jax.Array]:
@@ -26,13 +27,14 @@ class FusionInputs:
 
     @staticmethod
     def corrupt_masked(features, mask, seed: int, mode: str) -> list[jax.Array]:
-        """Replaces the masked rows by large random values (``"random"``) or NaN/+inf/-inf."""
+        """Replaces the masked rows (``mask: [B, M]``) by large random values (``"random"``) or
+        NaN/+inf/-inf."""
         out = []
         dims = [x.shape[1] for x in features]
         for m, x in enumerate(FusionInputs.features(seed, dims, features[0].shape[0])):
             if mode == "nonfinite":
                 x = jnp.asarray(np.resize(np.array([np.nan, np.inf, -np.inf], np.float32), x.shape))
-            out.append(jnp.where(jnp.asarray(mask[m])[:, None], features[m], 1e3 * x))
+            out.append(jnp.where(jnp.asarray(mask)[:, m, None], features[m], 1e3 * x))
         return out
 
     @staticmethod

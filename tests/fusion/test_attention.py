@@ -21,6 +21,7 @@ def numpy_softmax(scores, mask, axis):
 
 
 def numpy_attention_fusion(params, features, mask):
+    mask = np.asarray(mask).T  # the oracle stacks modalities first: [M, B]
     masked = [np.where(mask[m][:, None], x, 0) for m, x in enumerate(features)]
     h = np.stack([dense(params[f"project_{m}"], x) for m, x in enumerate(masked)])  # [M, B, d]
     a = numpy_softmax(
@@ -48,11 +49,12 @@ def test_attention_fusion_equals_formula_and_weights_are_masked_softmax(fusion_i
     np.testing.assert_allclose(
         weights, expected_weights[..., 0] if scalar else expected_weights, rtol=1e-5, atol=1e-6
     )
-    np.testing.assert_array_equal(weights[~mask], 0.0)  # exactly 0 for masked modalities
+    np.testing.assert_array_equal(weights[~mask.T], 0.0)  # exactly 0 for masked modalities
     np.testing.assert_allclose(weights.sum(0), 1.0, rtol=1e-6)  # present ones sum to 1
 
 
 def numpy_cross_modal(params, features, mask, num_heads):
+    mask = np.asarray(mask).T  # the oracle stacks modalities first: [M, B]
     masked = [np.where(mask[m][:, None], x, 0) for m, x in enumerate(features)]
     tokens = np.stack([dense(params[f"project_{m}"], x) for m, x in enumerate(masked)], axis=1)
     heads = {
@@ -84,8 +86,8 @@ def test_cross_modal_attention_matches_numpy(fusion_inputs):
     np.testing.assert_allclose(weights, expected_weights, rtol=1e-5, atol=1e-6)
     # No attention to itself nor to masked modalities; rows with another present key sum to 1.
     np.testing.assert_array_equal(weights[:, :, np.arange(3), np.arange(3)], 0.0)
-    np.testing.assert_array_equal(np.moveaxis(weights, -1, 0)[~mask], 0.0)
-    others_present = (mask.sum(0)[:, None] - mask.T) > 0  # [batch, query]
+    np.testing.assert_array_equal(np.moveaxis(weights, -1, 0)[~mask.T], 0.0)
+    others_present = (mask.sum(1)[:, None] - mask) > 0  # [batch, query]
     sums = weights.sum(-1)  # [batch, heads, query]
     np.testing.assert_allclose(sums.transpose(0, 2, 1)[others_present], 1.0, rtol=1e-6)
     np.testing.assert_array_equal(sums.transpose(0, 2, 1)[~others_present], 0.0)

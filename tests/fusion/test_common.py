@@ -19,15 +19,30 @@ def test_validate_features_returns_counts(fusion_inputs):
     "features, mask, message",
     [
         (np.zeros((3, 5, 2)), np.ones((3, 5)), r"features must be a tuple or list.*\(3, 5, 2\)"),
-        ([], np.ones((0, 5)), "at least one modality"),
-        ([np.zeros((5, 2)), np.zeros(5)], np.ones((2, 5)), r"features\[1\] has shape \(5,\)"),
+        ([], np.ones((5, 0)), "at least one modality"),
+        ([np.zeros((5, 2)), np.zeros(5)], np.ones((5, 2)), r"features\[1\] has shape \(5,\)"),
         (
             [np.zeros((5, 2)), np.zeros((4, 3))],
-            np.ones((2, 5)),
+            np.ones((5, 2)),
             r"features\[1\] has shape \(4, 3\); expected batch size 5",
         ),
-        ([np.zeros((5, 2))] * 2, np.ones((5, 2)), r"mask has shape \(5, 2\).*\(2, 5\)"),
-        ([np.zeros((5, 2))] * 2, np.ones((2, 5, 1)), r"mask has shape \(2, 5, 1\).*\(2, 5\)"),
+        # A modality-first [M, B] mask (M != B) is refused, naming [B, M] and the fix.
+        (
+            [np.zeros((5, 2))] * 2,
+            np.ones((2, 5)),
+            r"mask has shape \(2, 5\); expected \[B, M\] = \[batch, num_modalities\] = "
+            r"\[5, 2\]\. It is modality-first \[M, B\]; pass mask\.T\.",
+        ),
+        (
+            [np.zeros((5, 2))] * 2,
+            np.ones((5, 3)),
+            r"mask has shape \(5, 3\); expected \[B, M\].*\[5, 2\]\.$",  # no [M, B] hint
+        ),
+        (
+            [np.zeros((5, 2))] * 2,
+            np.ones((5, 2, 1)),
+            r"mask has shape \(5, 2, 1\).*\[B, M\].*\[5, 2\]",
+        ),
     ],
 )
 def test_validate_features_errors(features, mask, message):
@@ -40,10 +55,10 @@ def test_check_mask_concrete():
     assert present.dtype == jnp.bool_
     np.testing.assert_array_equal(present, [[True, False], [False, True]])
     with pytest.raises(ValueError, match=r"every modality masked: \[1\]"):
-        common.check_mask(np.array([[1, 0, 1], [1, 0, 0]]))
+        common.check_mask(np.array([[1, 0], [0, 0], [0, 1]]))  # [B, M]: sample 1 has none
     with pytest.raises(ValueError, match="only 0/1"):
         common.check_mask(np.array([[1.0, 0.5]]))
-    with pytest.raises(ValueError, match=r"mask has shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"mask has shape \(3,\); expected .*\[B, M\]"):
         common.check_mask(np.ones(3))
 
 

@@ -8,7 +8,7 @@ from mmjax.fusion import ConcatFusion
 
 
 def numpy_concat(features, mask):
-    mask = np.asarray(mask, bool)
+    mask = np.asarray(mask, bool).T  # the oracle stacks modalities first: [M, B]
     parts = [
         np.where(mask[m][:, None], np.asarray(x, np.float64), 0) for m, x in enumerate(features)
     ]

@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.fusion import FiLMFusion, film
+from mmjax.fusion import FiLMFusion
+from mmjax.fusion.film import film
 
 
 def test_film_function():
@@ -14,6 +15,7 @@ def test_film_function():
 
 
 def numpy_film_fusion(params, features, mask):
+    mask = np.asarray(mask).T  # the oracle stacks modalities first: [M, B]
     masked = [
         np.where(mask[m][:, None], np.asarray(x, np.float64), 0) for m, x in enumerate(features)
     ]
@@ -33,7 +35,7 @@ def numpy_film_fusion(params, features, mask):
 def test_film_fusion_matches_numpy_and_masked_conditioning_is_plain_projection(fusion_inputs):
     features = fusion_inputs.features()
     # Samples 0 and 1 have every conditioning modality masked.
-    mask = np.array([[1, 1, 1, 0, 1], [0, 0, 1, 1, 0], [0, 0, 0, 1, 1]], dtype=bool)
+    mask = np.array([[1, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 1], [1, 0, 1]], dtype=bool)  # [B, M]
     module = FiLMFusion(features_out=4)
     params = fusion_inputs.random_params(module, features, mask)
     out, state = module.apply(
@@ -52,4 +54,4 @@ def test_film_fusion_matches_numpy_and_masked_conditioning_is_plain_projection(f
 def test_film_fusion_needs_two_modalities(fusion_inputs):
     features = fusion_inputs.features()[:1]
     with pytest.raises(ValueError, match=r"needs features for >= 2 modalities.*\[\(5, 3\)\]"):
-        FiLMFusion(features_out=4).apply({}, features, np.ones((1, 5), bool))
+        FiLMFusion(features_out=4).apply({}, features, np.ones((5, 1), bool))

@@ -16,6 +16,7 @@ def test_gated_fusion_matches_numpy_and_gates_are_masked(fusion_inputs):
         mask,
         mutable=["intermediates"],
     )
+    mask = mask.T  # the oracle stacks modalities first: [M, B]
     masked = [
         np.where(mask[m][:, None], np.asarray(x, np.float64), 0) for m, x in enumerate(features)
     ]

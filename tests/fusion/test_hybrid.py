@@ -16,6 +16,7 @@ def test_is_masked_mean_of_early_and_modality_heads(fusion_inputs):
         mask,
         mutable=["intermediates"],
     )
+    mask = mask.T  # the oracle stacks modalities first: [M, B]
     masked = [
         np.where(mask[m][:, None], np.asarray(x, np.float64), 0) for m, x in enumerate(features)
     ]

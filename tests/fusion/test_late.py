@@ -24,6 +24,7 @@ def test_mean_weighting_is_masked_mean_of_head_logits(fusion_inputs):
     params = fusion_inputs.random_params(module, features, mask)
     out, state = module.apply(params, features, mask, mutable=["intermediates"])
     logits = head_logits(params["params"], features)
+    mask = mask.T  # as the stacked logits and the sown weights: [M, B]
     expected = (logits * mask[..., None]).sum(0) / mask.sum(0)[:, None]
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
     (weights,) = state["intermediates"]["weights"]
@@ -37,6 +38,7 @@ def test_learned_weighting_renormalises_softmax_over_present(fusion_inputs):
     modality_logits = np.array([0.5, -1.0, 2.0])
     params["params"]["modality_logits"] = jnp.asarray(modality_logits, jnp.float32)
     out, state = module.apply(params, features, mask, mutable=["intermediates"])
+    mask = mask.T  # as the stacked logits and the sown weights: [M, B]
     weights = np.exp(modality_logits)[:, None] * mask
     weights = weights / weights.sum(0)
     expected = np.einsum("mb,mbc->bc", weights, head_logits(params["params"], features))

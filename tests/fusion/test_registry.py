@@ -85,14 +85,14 @@ class FusionContractTest(chex.TestCase):
         for m, grad in enumerate(grads):
             grad = np.asarray(grad)
             assert np.all(np.isfinite(grad)), (name, m)
-            np.testing.assert_array_equal(grad[~mask[m]], 0.0)
-            assert np.all(np.any(grad[mask[m]] != 0, axis=-1)), (name, m, grad)
+            np.testing.assert_array_equal(grad[~mask[:, m]], 0.0)
+            assert np.all(np.any(grad[mask[:, m]] != 0, axis=-1)), (name, m, grad)
 
     @parameterized.named_parameters(*((name, name) for name in NAMES))
     def test_all_masked_sample(self, name):
         module, params, jitted = self.setup(name)
         mask = self.inputs.MASK.copy()
-        mask[:, 2] = False
+        mask[2] = False  # sample 2: no modality
         features = self.inputs.corrupt_masked(self.inputs.features(), mask, 6, "nonfinite")
         # Traced: the values of the mask are unknown, the row is zeros (never NaN).
         out = jitted(params, features, mask)
@@ -102,15 +102,16 @@ class FusionContractTest(chex.TestCase):
         with pytest.raises(ValueError, match=r"every modality masked: \[2\]"):
             module.apply(params, features, mask)
         with pytest.raises(ValueError, match="every modality masked"):
-            fusion.check_mask(mask)
+            fusion.common.check_mask(mask)
 
     @parameterized.named_parameters(*((name, name) for name in NAMES))
     def test_wrong_mask_shape(self, name):
         module, params, jitted = self.setup(name)
         features, mask = self.inputs.features(), self.inputs.MASK
-        with pytest.raises(ValueError, match=r"mask has shape \(5, 3\).*\(3, 5\)"):
+        message = r"mask has shape \(3, 5\); expected \[B, M\].*\[5, 3\].*modality-first"
+        with pytest.raises(ValueError, match=message):
             module.apply(params, features, mask.T)
-        with pytest.raises(ValueError, match=r"mask has shape \(3,\)"):
+        with pytest.raises(ValueError, match=r"mask has shape \(5,\)"):
             jitted(params, features, mask[:, 0])
 
     @parameterized.named_parameters(*((name, name) for name in NAMES))
@@ -121,7 +122,7 @@ class FusionContractTest(chex.TestCase):
             params = to_float64(params)
             task_params = jax.tree.map(lambda p: jnp.stack([p, 1.1 * p]), params)
             task_features = [jnp.stack([x, x + 1]) for x in to_float64(self.inputs.features())]
-            task_masks = np.stack([self.inputs.MASK, self.inputs.MASK[:, ::-1]])
+            task_masks = np.stack([self.inputs.MASK, self.inputs.MASK[::-1]])
             out = jax.jit(jax.vmap(module.apply))(
                 task_params, task_features, task_masks.astype(np.float64)
             )
@@ -151,13 +152,13 @@ NUM_MODALITIES = 3  # = len(FusionInputs.DIMS)
 )
 def test_random_masks(setups, fusion_inputs, name, mask, seed):
     """Random masks (all-masked samples included, traced): finite, zero rows, no influence."""
-    mask = np.array(mask).T
+    mask = np.array(mask)  # [B, M]
     _, params, jitted = setups(name)
     features = fusion_inputs.features(seed)
     out = jitted(params, features, mask)
     chex.assert_shape(out, (BATCH, OUT))
     chex.assert_tree_all_finite(out)
-    np.testing.assert_array_equal(out[~mask.any(axis=0)], 0.0)
+    np.testing.assert_array_equal(out[~mask.any(axis=1)], 0.0)
     corrupted = fusion_inputs.corrupt_masked(features, mask, seed + 1, "nonfinite")
     np.testing.assert_array_equal(jitted(params, corrupted, mask), out)
 
@@ -179,7 +180,7 @@ def test_random_shapes(fusion_inputs, name, dims, batch, data):
                 max_size=batch,
             )
         )
-    ).T
+    )  # [B, M]
     module = make_fusion(name, **KWARGS[name])
     features = fusion_inputs.features(batch, dims, batch)
     params = fusion_inputs.random_params(module, features, mask)

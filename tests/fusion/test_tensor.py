@@ -8,7 +8,8 @@ from mmjax.fusion import LowRankTensorFusion, TensorFusion
 
 
 def with_one(features, mask):
-    """``[h_m; 1]`` with masked modalities as ``[0, ..., 0, 1]``, in float64."""
+    """``[h_m; 1]`` with masked modalities (``mask: [B, M]``) as ``[0, ..., 0, 1]``, in float64."""
+    mask = np.asarray(mask).T  # the oracle stacks modalities first: [M, B]
     return [
         np.concatenate(
             [np.where(mask[m][:, None], np.asarray(x, np.float64), 0), np.ones((x.shape[0], 1))],
@@ -37,7 +38,7 @@ def test_tensor_fusion_refuses_huge_products():
     module = TensorFusion(features_out=2, max_tensor_size=100)
     features = [jnp.zeros((1, 9)), jnp.zeros((1, 10))]
     with pytest.raises(ValueError, match=r"outer product of size 110 > max_tensor_size=100"):
-        module.apply({}, features, np.ones((2, 1), bool))
+        module.apply({}, features, np.ones((1, 2), bool))
 
 
 def test_low_rank_fusion_is_sum_over_rank_of_products(fusion_inputs):
@@ -56,7 +57,7 @@ def test_low_rank_fusion_is_sum_over_rank_of_products(fusion_inputs):
 
 def test_low_rank_with_full_rank_reproduces_tensor_fusion(fusion_inputs):
     """Two modalities: a per-output SVD of the TensorFusion weights gives exact factors."""
-    dims, mask = (3, 2), fusion_inputs.MASK[:2]
+    dims, mask = (3, 2), fusion_inputs.MASK[:, :2]
     features = fusion_inputs.features(4, dims)
     tensor = TensorFusion(features_out=4)
     tensor_params = fusion_inputs.random_params(tensor, features, mask)

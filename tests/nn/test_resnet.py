@@ -26,11 +26,11 @@ def test_shapes_and_parameters():
     params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
     assert jax.eval_shape(model.apply, params, x).shape == (3, 8)
     # 4 blocks x (3 convs + 1x1 shortcut) with a batch norm each.
-    kernels = [l for p, l in jax.tree_util.tree_leaves_with_path(params) if "kernel" in str(p)]
+    kernels = [leaf for p, leaf in jax.tree_util.tree_leaves_with_path(params) if "kernel" in str(p)]
     assert len(kernels) == 16
     assert sorted({k.shape[:2] for k in kernels}) == [(1, 1), (3, 3)]
     full = jax.eval_shape(ResNet12().init, jax.random.PRNGKey(0), jnp.ones((1, 84, 84, 3)))
-    count = sum(np.prod(l.shape) for l in jax.tree.leaves(full))
+    count = sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(full))
     assert 12.0e6 < count < 12.6e6  # ResNet-12 (64-160-320-640) has ~12.4M parameters
     with pytest.raises(ValueError, match="must be >= 16"):
         jax.eval_shape(model.apply, params, jnp.ones((1, 8, 8, 3)))

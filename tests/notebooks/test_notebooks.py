@@ -151,9 +151,14 @@ def test_multimodal_fusion(tmp_path, kernel_name):
     assert attention["max_masked_weight"] == 0.0  # a missing modality gets exactly 0
     assert 0.0 < attention["mean_image_weight_both"] < 1.0
     assert list(results["conditions"]) == list(CONDITIONS)
+    # Smoke run: 40 episodes of 5 ways x 3 queries, so an accuracy counts correct queries out
+    # of 600 (float32 per-episode means k / 15 are off an integer count by far below 1e-3).
+    queries = 40 * 5 * 3
     for name, row in results["conditions"].items():
-        assert 0.0 <= row["accuracy"] <= 1.0 and row["accuracy_ci95"] > 0, name
         assert row["num_episodes"] == 40
+        correct = row["accuracy"] * queries
+        assert abs(correct - round(correct)) < 1e-3 and 0 <= round(correct) <= queries, name
+        assert np.isfinite(row["accuracy_ci95"]), name
     # The same episodes as the trainer's final test: the "both" row reproduces it.
     np.testing.assert_allclose(
         results["conditions"]["both"]["accuracy"], results["trainer_test_accuracy"], rtol=1e-6
@@ -186,7 +191,9 @@ def test_second_vs_first_order(tmp_path, kernel_name):
     rows = {(r["order"], r["inner_steps"]): r for r in results["rows"]}
     assert len(rows) == 4
     for key, row in rows.items():
-        assert row["s_per_step"] > 0 and row["compile_s"] > 0 and row["peak_memory_mb"] > 0, key
+        # Timings on a shared CPU bound nothing: finite, and tasks/s derived from s/step.
+        assert all(np.isfinite(row[k]) for k in ("s_per_step", "compile_s", "peak_memory_mb")), key
+        assert row["tasks_per_s"] == pytest.approx(row["meta_batch"] / row["s_per_step"], rel=1e-2)
         assert "test_accuracy" not in row, key  # smoke mode times only (no training)
     for order in ("second", "first"):  # FLOPs counted with the inner loop unrolled
         assert rows[(order, 2)]["gflop_per_step"] > rows[(order, 1)]["gflop_per_step"], order

@@ -8,11 +8,11 @@ import pytest
 
 from mmjax.representation import (
     ModalityDiscriminator,
-    gradient_reversal,
     make_objective,
     modality_adversarial_loss,
     pretrain,
 )
+from mmjax.representation.adversarial import gradient_reversal
 from tests.representation.conftest import SMALL, window_means
 
 
@@ -32,7 +32,7 @@ def test_gradient_reversal_is_identity_forward_and_negates_the_gradient_exactly(
 def test_discriminator_learns_and_encoders_get_the_reversed_gradient():
     rng = np.random.default_rng(0)
     z = jnp.asarray(rng.normal(size=(2, 6, 4)), jnp.float32)
-    mask = jnp.array([[1, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 0]], jnp.float32)
+    mask = jnp.array([[1, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 0]], jnp.float32).T  # [B, M]
     disc = ModalityDiscriminator(hidden=8)
     params = disc.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))
 
@@ -44,7 +44,7 @@ def test_discriminator_learns_and_encoders_get_the_reversed_gradient():
         logits = disc.apply(p, flat)
         labels = jnp.repeat(jnp.arange(2), 6)
         ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1)[:, 0]
-        present = mask.reshape(-1) > 0
+        present = mask.T.reshape(-1) > 0  # as the modality-major rows of flat
         return jnp.sum(jnp.where(present, ce, 0)) / present.sum()
 
     np.testing.assert_allclose(float(loss(params, z, 1.0)), float(plain(params, z)), rtol=1e-6)
@@ -53,8 +53,8 @@ def test_discriminator_learns_and_encoders_get_the_reversed_gradient():
     chex.assert_trees_all_close(g_params, p_params, rtol=1e-5, atol=1e-7)
     chex.assert_trees_all_close(g_z, -0.5 * p_z, rtol=1e-5, atol=1e-7)
     assert float(jnp.abs(g_z[0, 3]).max()) == 0 and float(jnp.abs(g_z[1, 5]).max()) == 0
-    with pytest.raises(ValueError, match="mask has shape"):
-        modality_adversarial_loss(disc.apply, params, z, mask.T)
+    with pytest.raises(ValueError, match=r"mask has shape \(2, 6\); expected \[B, M\].*\[6, 2\]"):
+        modality_adversarial_loss(disc.apply, params, z, mask.T)  # [M, B] is refused
     with pytest.raises(ValueError, match="scale=-1"):
         modality_adversarial_loss(disc.apply, params, z, mask, scale=-1)
 

@@ -6,13 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.representation import (
-    MultimodalAutoencoder,
-    autoencoder_loss,
-    bernoulli_nll,
-    reconstruction_loss,
-    squared_error,
-)
+from mmjax.representation import MultimodalAutoencoder, autoencoder_loss
+from mmjax.representation.networks import bernoulli_nll, reconstruction_loss, squared_error
 from tests.representation.conftest import short_pretrain
 
 

@@ -6,14 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.representation import (
+from mmjax.representation import cca_loss, recall_at_k
+from mmjax.representation.cca import (
+    apply_cca_projection,
     canonical_correlations,
-    recall_at_k,
-    cca_loss,
+    fit_cca_projection,
     linear_cca,
     top_singular_sum,
 )
-from mmjax.representation.cca import apply_cca_projection, fit_cca_projection
 from tests.representation.conftest import short_pretrain
 
 RHOS = np.array([0.9, 0.6, 0.3])

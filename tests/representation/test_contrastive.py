@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.representation import info_nce, init_log_temperature
+from mmjax.representation import info_nce
+from mmjax.representation.contrastive import init_log_temperature
 from tests.representation.conftest import short_pretrain
 
 

@@ -8,12 +8,12 @@ import optax
 import pytest
 
 from mmjax.representation import (
-    OBJECTIVES,
+    PRETRAIN_OBJECTIVES,
     make_objective,
     make_pretrain_step,
     pretrain,
-    sample_batch,
 )
+from mmjax.representation.pretrain import sample_batch
 
 
 def toy_data(classes=5, examples=4, length=8, size=8):
@@ -46,7 +46,7 @@ def test_unknown_objective_names_the_closest():
         make_objective("contrastiv")
     with pytest.raises(ValueError, match="rate=0.9"):
         make_objective("autoencoder", modality_dropout=0.9)
-    assert OBJECTIVES[0] == "none" and len(OBJECTIVES) == 8
+    assert PRETRAIN_OBJECTIVES[0] == "none" and len(PRETRAIN_OBJECTIVES) == 8
 
 
 def test_pretrain_step_is_deterministic_and_moves_the_parameters():

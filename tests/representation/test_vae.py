@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.representation import (
+from mmjax.representation.vae import (
     combine_experts,
     gaussian_kl,
     mixture_of_experts,
