@@ -41,6 +41,7 @@ def test_smoke_run_writes_jsonl_markdown_and_plots(bench, tmp_path):
         assert (row["ways"], row["shots"], row["queries"], row["meta_batch"]) == (5, 1, 2, 2)
         assert row["tasks_per_s"] == pytest.approx(2 / row["s_per_step"], rel=1e-2)
         assert row["compile_s"] > 0 and row["peak_memory_mb"] > 50
+        assert row["device_peak_bytes"] is None  # CPU: memory_stats() reports nothing
         assert 0 < row["peak_fraction"] < 1 and row["matmul_peak_gflop_s"] > 0
     second, first = rows
     # The second-order step differentiates through the inner gradient: more FLOPs.
