@@ -7,7 +7,9 @@ shots x queries x meta-batch) is measured in its own subprocess (peak RSS is per
 * ``s_per_step`` / ``tasks_per_s``: median of ``--repeats`` steps after a warm-up, each
   ended by ``block_until_ready``;
 * ``peak_memory_mb``: the process's peak RSS on CPU, the device's ``peak_bytes_in_use`` on
-  GPU/TPU; ``xla_temp_mb``: the compiled step's temporary buffers (``memory_analysis()``);
+  GPU/TPU; ``device_peak_bytes``: the device's ``peak_bytes_in_use`` in bytes (null on CPU,
+  `mmjax.train.throughput.device_peak_bytes`); ``xla_temp_mb``: the compiled step's
+  temporary buffers (``memory_analysis()``);
 * ``gflop_per_step``: XLA's ``cost_analysis()`` of the meta-step lowered with the inner
   ``lax.scan`` *fully unrolled* (a rolled loop's body is counted once, so the count would
   not grow with inner steps); ``peak_fraction``: achieved GFLOP/s over the GFLOP/s of a
@@ -51,6 +53,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from mmjax import storage  # output files: local folders or gs:// (etils.epath)
 
 ORDERS = ("second", "first")
 # --dataset -> defaults applied unless the flag is given (image_size, channels, Conv-4 pool,
@@ -143,6 +147,7 @@ def measure(spec: dict) -> dict:
 
     from mmjax.meta import maml
     from mmjax.nn.conv import resolve_conv_impl
+    from mmjax.train.throughput import device_peak_bytes
 
     model, episodes, params, optimizer, opt_state = _build(spec)
     settings = dict(
@@ -193,6 +198,7 @@ def measure(spec: dict) -> dict:
         compile_s=round(compile_s, 3),
         peak_memory_mb=round(peak_mb, 1),
         memory_source=memory_source,
+        device_peak_bytes=device_peak_bytes(),
         xla_temp_mb=round(memory.temp_size_in_bytes / 2**20, 1) if memory is not None else None,
         gflop_per_step=round(flops / 1e9, 6),
         flop_count="cost_analysis, inner loop unrolled",
@@ -572,8 +578,8 @@ def plot(rows: list[dict], out_dir: str) -> list[str]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        path = os.path.join(out_dir, name)
-        fig.savefig(path, dpi=120)
+        path = storage.join(out_dir, name)
+        storage.buffer_savefig(fig, path, dpi=120)
         plt.close(fig)
         paths.append(path)
     return paths
@@ -621,8 +627,8 @@ def plot_quality(rows: list[dict], out_dir: str) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = os.path.join(out_dir, "gradient_error_vs_inner_steps.png")
-    fig.savefig(path, dpi=120)
+    path = storage.join(out_dir, "gradient_error_vs_inner_steps.png")
+    storage.buffer_savefig(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -646,8 +652,8 @@ def plot_budget(rows: list[dict], out_dir: str) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = os.path.join(out_dir, "accuracy_vs_wall_clock.png")
-    fig.savefig(path, dpi=120)
+    path = storage.join(out_dir, "accuracy_vs_wall_clock.png")
+    storage.buffer_savefig(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -658,7 +664,7 @@ def _budget_runs(run, spec: dict, row: dict, args) -> list[dict]:
     for budget in args.budgets:
         steps = max(1, int(budget / row["s_per_step"]))
         acc_spec = dict(spec, train_steps=steps, test_episodes=args.test_episodes,
-                        workdir=os.path.join(args.out, "budget", f"{_slug(spec)}_{budget:g}s"))  # fmt: skip
+                        workdir=storage.join(args.out, "budget", f"{_slug(spec)}_{budget:g}s"))  # fmt: skip
         runs.append(dict(run("accuracy", acc_spec), budget_s=budget))
     return runs
 
@@ -840,14 +846,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.quality_train_steps = min(args.quality_train_steps, 2)
         if "--quality_data" not in given:
             args.quality_data = "synthetic"
-    os.makedirs(args.out, exist_ok=True)
+    storage.makedirs(args.out)
     run = (lambda task, spec: _CHILD_TASKS[task](spec)) if args.smoke else _in_child
     peak = run("peak", {"size": 512 if args.smoke else 2048})["matmul_peak_gflop_s"]
     print(f"matmul peak: {peak:.1f} GFLOP/s (f32, same backend)", flush=True)
     l2l_python = _l2l_python(args)
     remats = {"no": [False], "yes": [True], "both": [False, True]}[args.remat]
-    jsonl = os.path.join(args.out, "maml_orders.jsonl")
-    open(jsonl, "w").close()
+    jsonl = storage.join(args.out, "maml_orders.jsonl")
+    storage.write_text(jsonl, "")
     rows = []
     for ways, shots, queries, batch, order, steps, remat in itertools.product(
         args.ways, args.shots, args.queries, args.meta_batch, args.orders, args.inner_steps, remats
@@ -928,15 +934,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 spec,
                 train_steps=args.train_steps,
                 test_episodes=args.test_episodes,
-                workdir=os.path.join(args.out, "accuracy", _slug(spec)),
+                workdir=storage.join(args.out, "accuracy", _slug(spec)),
             )
             row.update(run("accuracy", acc_spec))
         if args.budgets:
             row["budget_runs"] = _budget_runs(run, spec, row, args)
         rows.append(row)
         print(json.dumps(row), flush=True)
-        with open(jsonl, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        storage.append_text(jsonl, json.dumps(row) + "\n")
     first = rows[0]
     header = (
         f"Machine: {platform.machine()} ({_cpu_name()}), {os.cpu_count()} CPUs; backend "
@@ -955,8 +960,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         + ".\n"
     )
     table = markdown(rows, header)
-    with open(os.path.join(args.out, "maml_orders.md"), "w") as f:
-        f.write(table)
+    storage.write_text(storage.join(args.out, "maml_orders.md"), table)
     print(table)
     plot(rows, args.out)
     if args.budgets:
@@ -979,11 +983,12 @@ def run_gradient_quality(run, args, peak: float) -> list[dict]:
         quality_train_steps=args.quality_train_steps, quality_data=args.quality_data,
     )  # fmt: skip
     quality = run("quality", spec)["rows"]
-    with open(os.path.join(args.out, "gradient_quality.jsonl"), "w") as f:
-        f.writelines(json.dumps(q) + "\n" for q in quality)
+    storage.write_text(
+        storage.join(args.out, "gradient_quality.jsonl"),
+        "".join(json.dumps(q) + "\n" for q in quality),
+    )
     table = quality_markdown(quality)
-    with open(os.path.join(args.out, "gradient_quality.md"), "w") as f:
-        f.write(table)
+    storage.write_text(storage.join(args.out, "gradient_quality.md"), table)
     print(table)
     plot_quality(quality, args.out)
     return quality

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.client
+import io
 import logging
 import os
 import pathlib
@@ -22,6 +23,8 @@ import zipfile
 from typing import Any
 
 import numpy as np
+
+from mmjax import storage
 
 _LOG = logging.getLogger(__name__)
 
@@ -87,10 +90,16 @@ def resolve_data_dir(
 def cache_dir(cache_dir: str | os.PathLike | None = None, *, create: bool = True) -> pathlib.Path:
     """Returns (and, with ``create``, creates) the cache folder.
 
-    Precedence: the argument, then ``MMJAX_CACHE_DIR``, then ``~/.cache/mmjax``.
+    Precedence: the argument, then ``MMJAX_CACHE_DIR``, then ``~/.cache/mmjax``. A cloud
+    folder (``gs://...``) is returned as an `etils.epath.Path` (`mmjax.storage`).
     """
     if cache_dir is None:
         cache_dir = os.environ.get(CACHE_DIR_ENV) or pathlib.Path.home() / ".cache" / "mmjax"
+    if not storage.is_local(cache_dir):
+        path = storage.as_path(cache_dir)
+        if create:
+            storage.makedirs(path)
+        return path
     path = pathlib.Path(cache_dir).expanduser()
     if create:
         path.mkdir(parents=True, exist_ok=True)
@@ -218,7 +227,15 @@ def cache_file(
 
 
 def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    """Saves arrays to ``path`` (``.npz``) through a temporary file and an atomic rename."""
+    """Saves arrays to ``path`` (``.npz``) through a temporary file and an atomic rename.
+
+    A cloud ``path`` (`mmjax.storage`) is written whole and committed by its marker instead.
+    """
+    if not storage.is_local(path):
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        storage.write_bytes(path, buffer.getvalue())
+        return
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -261,10 +278,12 @@ def load_npz(path: str | os.PathLike, keys: tuple[str, ...] = ()) -> dict[str, n
     A truncated or corrupt file (bad zip, bad CRC, short read) and a file lacking one of
     ``keys`` are unreadable: the caller rebuilds the cache, never uses partial data.
     """
-    if not os.path.exists(path):
-        return None
+    local = storage.is_local(path)
+    if not (os.path.exists(path) if local else storage.exists(path)):
+        return None  # on cloud storage an uncommitted file is absent too
     try:
-        with np.load(path, allow_pickle=False) as f:
+        source = path if local else io.BytesIO(storage.read_bytes(path))
+        with np.load(source, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         _LOG.warning("Ignoring unreadable cache file %s (%s); rebuilding it.", path, e)

@@ -251,7 +251,11 @@ class Conv4(nn.Module):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Conv4 {name}={value!r} must be an int >= 1")
-        fuse_first = self.fuse_first_block and resolve_conv_impl(self.conv_impl) == "im2col"
+        fuse_first = (  # the fused op is float32-only: bfloat16 runs the unfused layers
+            self.fuse_first_block
+            and resolve_conv_impl(self.conv_impl) == "im2col"
+            and x.dtype == jnp.float32
+        )
         for block in range(self.num_blocks):
             stride = 2 if self.pool == "stride" else 1
             # The batch norm below cancels the conv's bias: it is kept as a parameter (as in

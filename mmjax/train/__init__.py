@@ -6,6 +6,7 @@ from mmjax.train.loop import NonFiniteLossError, TrainState, build_run, train
 from mmjax.train.missing_modality import evaluate_conditions, evaluate_missing_modality
 from mmjax.train.one_shot_runs import score_runs, score_workdir
 from mmjax.train.restore import evaluate_checkpoint, load_run
+from mmjax.train.runtime import runtime_summary
 
 __all__ = [
     "Checkpointer",
@@ -18,6 +19,7 @@ __all__ = [
     "evaluate_missing_modality",
     "evaluate_learner",
     "load_run",
+    "runtime_summary",
     "score_runs",
     "score_workdir",
     "train",

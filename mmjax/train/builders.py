@@ -94,7 +94,12 @@ def build_model(config: ml_collections.ConfigDict) -> Classifier:
         encoder = _Flatten(hidden_sizes=tuple(m.hidden_sizes), activate_final=True)
     else:
         raise ValueError(f"model.encoder={m.encoder!r} is not one of {ENCODERS}")
-    return Classifier(encoder=encoder, num_classes=config.ways)
+    return Classifier(
+        encoder=encoder,
+        num_classes=config.ways,
+        dtype=m.get("dtype", "float32"),
+        param_dtype=m.get("param_dtype", "float32"),
+    )
 
 
 def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

@@ -14,6 +14,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from mmjax import storage
+
 # Orbax writes step ``n`` into ``n<TEMPORARY_SUFFIX>`` and renames it to ``n`` when complete.
 TEMPORARY_SUFFIX = ocp.path.atomicity.TMP_DIR_SUFFIX
 # Checkpoints that fail to restore are moved to ``<workdir>/<CORRUPT_DIR>/<step>``: outside
@@ -25,6 +27,17 @@ _LOG = logging.getLogger(__name__)
 
 class CheckpointError(ValueError):
     """A checkpoint step that cannot be restored (empty, truncated, or of another model)."""
+
+
+def checkpoint_directory(workdir: str | os.PathLike) -> str:
+    """``<workdir>/checkpoints``: absolute when local, the URI itself on cloud storage.
+
+    Orbax writes the arrays with tensorstore, whose drivers are the local file system and
+    ``gs://`` (``s3://``); a workdir on another ``scheme://`` cannot hold checkpoints.
+    """
+    if storage.is_local(workdir):
+        return os.path.abspath(os.path.join(os.fspath(workdir), "checkpoints"))
+    return storage.join(workdir, "checkpoints")
 
 
 class Checkpointer:
@@ -52,7 +65,7 @@ class Checkpointer:
     ):
         if isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1:
             raise ValueError(f"max_to_keep={max_to_keep!r} must be an int >= 1")
-        self.directory = os.path.abspath(os.path.join(os.fspath(workdir), "checkpoints"))
+        self.directory = checkpoint_directory(workdir)
         # Names of the temporary directories of interrupted saves deleted when opening.
         self.removed_temporary = self.remove_temporary() if clean_up_temporary else []
         self._manager = ocp.CheckpointManager(
@@ -64,11 +77,15 @@ class Checkpointer:
 
     def remove_temporary(self) -> list[str]:
         """Deletes the temporary directories of interrupted saves; returns their names."""
-        if not os.path.isdir(self.directory):
+        directory = epath.Path(self.directory)
+        if not directory.is_dir():
             return []
-        names = sorted(n for n in os.listdir(self.directory) if TEMPORARY_SUFFIX in n)
+        names = sorted(p.name for p in directory.iterdir() if TEMPORARY_SUFFIX in p.name)
         for name in names:
-            shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+            if storage.is_local(self.directory):
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+            else:
+                (directory / name).rmtree(missing_ok=True)
         return names
 
     def latest_step(self) -> int | None:
@@ -85,15 +102,17 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        step_dir = os.path.join(self.directory, str(step))
-        if not os.path.isdir(step_dir) or not os.listdir(step_dir):
+        step_dir = storage.join(self.directory, str(step))
+        folder = epath.Path(step_dir)
+        entries = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        if not entries:
             raise CheckpointError(f"step {step}: its directory is empty ({step_dir})")
-        if not os.path.isdir(os.path.join(step_dir, "default")):
+        if not epath.Path(step_dir, "default").is_dir():
             raise CheckpointError(
                 f"step {step}: its directory has no 'default' item, only "
-                f"{', '.join(sorted(os.listdir(step_dir)))} ({step_dir})"
+                f"{', '.join(entries)} ({step_dir})"
             )
-        _check_shapes(step, os.path.join(step_dir, "default"), target)
+        _check_shapes(step, storage.join(step_dir, "default"), target)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
@@ -120,7 +139,7 @@ class Checkpointer:
             try:
                 state = self.restore(target, step)
             except Exception as error:  # noqa: BLE001 - any unreadable step: try an older one
-                reason = describe_restore_error(error, os.path.join(self.directory, str(step)))
+                reason = describe_restore_error(error, storage.join(self.directory, str(step)))
                 failed.append((step, reason))
                 _LOG.warning(
                     "Checkpoint step %d in %s does not restore: %s", step, self.directory, reason
@@ -156,13 +175,13 @@ class Checkpointer:
 
     def _set_aside(self, step: int) -> str:
         """Renames step ``step`` to ``<workdir>/corrupt_checkpoints/<step>[.n]``; returns it."""
-        parent = os.path.join(os.path.dirname(self.directory), CORRUPT_DIR)
-        os.makedirs(parent, exist_ok=True)
-        target, n = os.path.join(parent, str(step)), 0
-        while os.path.exists(target):
+        parent = storage.join(os.path.dirname(self.directory), CORRUPT_DIR)
+        storage.makedirs(parent)
+        target, n = storage.join(parent, str(step)), 0
+        while epath.Path(target).exists():
             n += 1
-            target = os.path.join(parent, f"{step}.{n}")
-        os.rename(os.path.join(self.directory, str(step)), target)
+            target = storage.join(parent, f"{step}.{n}")
+        epath.Path(storage.join(self.directory, str(step))).rename(target)
         return target
 
     def close(self) -> None:
@@ -212,16 +231,15 @@ _JSON_FILES = ("_CHECKPOINT_METADATA", "_METADATA", "_sharding")
 
 def _first_bad_json(step_dir: str) -> str | None:
     """The first of a step's JSON files (metadata) that does not parse, relative to the step."""
-    for root, dirs, files in os.walk(step_dir):
+    for root, dirs, files in epath.Path(step_dir).walk():
         dirs[:] = sorted(d for d in dirs if d != "d" and not d.startswith("ocdbt"))
         for name in sorted(files):
-            if name in _JSON_FILES or os.path.basename(root) == "array_metadatas":
-                path = os.path.join(root, name)
+            if name in _JSON_FILES or os.path.basename(os.fspath(root)) == "array_metadatas":
+                path = epath.Path(root) / name
                 try:
-                    with open(path) as f:
-                        json.load(f)
+                    json.loads(path.read_text())
                 except (OSError, ValueError):
-                    return os.path.relpath(path, step_dir)
+                    return os.path.relpath(os.fspath(path), step_dir)
     return None
 
 

@@ -21,6 +21,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mmjax import storage
 from mmjax.meta.parallel import initialize_distributed, task_mesh
 
 # Seconds a process waits for its peers: at connection, and at each start-up check.
@@ -135,19 +136,16 @@ def check_shared_workdir(workdir: str, *, timeout_s: float = STARTUP_TIMEOUT_S) 
     if jax.process_count() == 1:
         return
     token = secrets.token_hex(16)
-    path = os.path.join(workdir, MARKER_NAME)
+    path = storage.join(workdir, MARKER_NAME)
     if is_writer():
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(token)
-        os.replace(tmp, path)
+        storage.write_text(path, token)
     token = _gather_strings("workdir-token", token, timeout_s)[0]
     try:
-        with open(path) as f:
-            seen = f.read()
+        seen = storage.read_text(path)
     except OSError:
         seen = ""
-    status = "ok" if seen == token else f"{os.path.abspath(workdir)}"
+    where = os.path.abspath(workdir) if storage.is_local(workdir) else workdir
+    status = "ok" if seen == token else where
     statuses = _gather_strings("workdir-seen", status, timeout_s)
     wrong = [(index, s) for index, s in enumerate(statuses) if s != "ok"]
     if wrong:

@@ -4,20 +4,42 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Mapping
+import tempfile
+from collections.abc import Mapping
 
 import numpy as np
 
+from mmjax import storage
+
 
 class MetricsWriter:
-    """Writes scalars to TensorBoard (``<workdir>/tensorboard``) and ``metrics.jsonl``."""
+    """Writes scalars to TensorBoard (``<workdir>/tensorboard``) and ``metrics.jsonl``.
+
+    A cloud workdir (`mmjax.storage`): the event files are written to a local temporary
+    folder and copied to ``<workdir>/tensorboard`` after each `write`, and ``metrics.jsonl``
+    is rewritten whole (committed) after each `write`, as cloud objects cannot be appended to.
+    """
 
     def __init__(self, workdir: str | os.PathLike):
         from tensorboardX import SummaryWriter  # imported lazily: optional at import time
 
         self.workdir = os.fspath(workdir)
-        self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"))
-        path = os.path.join(self.workdir, "metrics.jsonl")
+        self._local = storage.is_local(self.workdir)
+        self._tb_dir = storage.join(self.workdir, "tensorboard")
+        self._mirror = None
+        if self._local:
+            self._tb = SummaryWriter(self._tb_dir)
+        else:
+            self._mirror = tempfile.TemporaryDirectory(prefix="mmjax-tensorboard-")
+            self._tb = SummaryWriter(self._mirror.name)
+        path = storage.join(self.workdir, "metrics.jsonl")
+        self._path = path
+        if not self._local:
+            self._lines = storage.read_text(path) if storage.exists(path) else ""
+            if self._lines and not self._lines.endswith("\n"):
+                self._lines += "\n"
+            self._jsonl = None
+            return
         torn = os.path.exists(path) and os.path.getsize(path) > 0 and _last_byte(path) != b"\n"
         self._jsonl = open(path, "a")
         if torn:  # a run killed in mid-write: end its torn record so that ours stay whole
@@ -33,13 +55,25 @@ class MetricsWriter:
         }
         for name, value in scalars.items():
             self._tb.add_scalar(f"{split}/{name}", value, step)
-        self._jsonl.write(json.dumps({"step": int(step), "split": split, **scalars}) + "\n")
+        line = json.dumps({"step": int(step), "split": split, **scalars}) + "\n"
+        if self._jsonl is None:  # cloud: rewrite and commit the whole file, upload events
+            self._lines += line
+            storage.write_text(self._path, self._lines)
+            self._tb.flush()
+            storage.upload_tree(self._mirror.name, self._tb_dir)
+            return
+        self._jsonl.write(line)
         self._jsonl.flush()
 
     def close(self) -> None:
         """Flushes and closes both sinks."""
         self._tb.close()
-        self._jsonl.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._mirror is not None:
+            storage.upload_tree(self._mirror.name, self._tb_dir)
+            self._mirror.cleanup()
+            self._mirror = None
 
 
 def _last_byte(path: str) -> bytes:
@@ -51,13 +85,12 @@ def _last_byte(path: str) -> bytes:
 def read_metrics(path: str | os.PathLike) -> list[dict]:
     """Reads ``metrics.jsonl`` records (a resumed run appends; later records win per step)."""
     records = {}
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # torn by a kill during the write; logged again
-                continue
-            records[(record["split"], record["step"])] = record
+    for line in storage.read_text(path).splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # torn by a kill during the write; logged again
+            continue
+        records[(record["split"], record["step"])] = record
     return sorted(records.values(), key=lambda r: (r["split"], r["step"]))
 
 
@@ -95,7 +128,5 @@ def plot_learning_curve(
         ax_acc.legend(loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
-    out_path = os.fspath(out_path)
-    tmp = f"{out_path}.tmp-{os.getpid()}"  # then renamed: a reader never sees a partial file
-    fig.savefig(tmp, dpi=110, format=os.path.splitext(out_path)[1][1:] or "png")
-    os.replace(tmp, out_path)
+    # Atomic (`mmjax.storage`): a reader never sees a partial file.
+    storage.buffer_savefig(fig, os.fspath(out_path), dpi=110)

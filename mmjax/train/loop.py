@@ -25,12 +25,13 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
+from mmjax import storage
 from mmjax.data import modality
 from mmjax.data.augment import augment_episodes
 from mmjax.data.episodes import classes_and_examples, sample_episodes, validate_episode_spec
 from mmjax.meta.learner import MetaLearner
 from mmjax.meta.parallel import TASK_AXIS, task_mesh
-from mmjax.train import builders, distributed
+from mmjax.train import builders, distributed, throughput
 from mmjax.train import workdir as workdirs
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.evaluate import evaluate_learner
@@ -228,11 +229,8 @@ class _StopRequest:
 
 
 def _write_atomically(path: str, text: str) -> None:
-    """Writes ``text`` to a temporary file beside ``path``, then renames it over ``path``."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Writes ``text`` to ``path`` atomically (`mmjax.storage`: rename, or commit marker)."""
+    storage.write_text(path, text)
 
 
 def _scalars(metrics: dict) -> dict:
@@ -363,10 +361,15 @@ def _train_locked(
                     window.append(dict(_scalars(metrics), step_time=time.perf_counter() - t0))
                 bar.update(1)
                 if window and (step % config.log_every == 0 or step == config.num_steps):
+                    seconds = float(sum(w.pop("step_time") for w in window))
                     mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-                    mean["tasks_per_second"] = config.meta_batch_size / mean.pop("step_time")
+                    mean["tasks_per_second"] = throughput.tasks_per_second(
+                        config.meta_batch_size, len(window), seconds
+                    )
+                    mean.update(window_steps=len(window), window_seconds=seconds)
+                    mean.update(throughput.memory_fields())  # device peak, or host RSS on CPU
                     writer.write(step, "train", mean)
-                    bar.set_postfix(loss=f"{mean['loss']:.3f}", acc=f"{mean['accuracy']:.3f}")
+                    bar.set_postfix(throughput.progress_postfix(mean))
                     window = []
                 if step % config.eval_every == 0:
                     val = evaluate(
@@ -413,10 +416,10 @@ def _train_locked(
         "algorithm": learner.name,
     }
     if is_writer:
-        _write_atomically(os.path.join(workdir, "results.json"), json.dumps(results, indent=2))
+        _write_atomically(storage.join(workdir, "results.json"), json.dumps(results, indent=2))
         plot_learning_curve(
-            os.path.join(workdir, "metrics.jsonl"),
-            os.path.join(workdir, "learning_curve.png"),
+            storage.join(workdir, "metrics.jsonl"),
+            storage.join(workdir, "learning_curve.png"),
             title=f"{learner.name.upper()} {config.ways}-way {config.shots}-shot",
         )
     print(

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import jax
 
-from mmjax import configs
+from mmjax import configs, storage
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.evaluate import evaluate_learner
 from mmjax.train.loop import build_run
@@ -23,8 +23,8 @@ def load_run(workdir: str | os.PathLike, overrides: Sequence[str] = ()):
     Returns:
       ``(config, splits, learner, state)``.
     """
-    path = os.path.join(os.fspath(workdir), "config.json")
-    if not os.path.exists(path):
+    path = storage.join(workdir, "config.json")
+    if not storage.exists(path):
         raise FileNotFoundError(f"--checkpoint {workdir!s} is not an mmjax workdir: no config.json")
     config = configs.apply_overrides(read_config(path), overrides)
     splits, learner, _, state = build_run(config)

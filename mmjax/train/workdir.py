@@ -11,6 +11,10 @@ extends a run (it cannot shorten one below the step it has reached).
 
 Only the process that writes the run's outputs calls the writing functions (``writer=True``;
 in multi-host runs ``jax.process_index() == 0``).
+
+A workdir may be on cloud storage (``gs://bucket/run``): every file goes through
+`mmjax.storage` (atomic writes by rename locally, by a commit marker there). The lock is then
+best-effort, see `acquire_lock`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import uuid
 from typing import Any, Self
 
 import ml_collections
+
+from mmjax import storage
 
 _LOG = logging.getLogger(__name__)
 
@@ -78,7 +84,7 @@ def ensure_workdir(workdir: str | os.PathLike) -> str:
     """
     workdir = os.fspath(workdir)
     try:
-        os.makedirs(workdir, exist_ok=True)
+        storage.makedirs(workdir)
     except OSError as error:
         raise WorkdirError(_unwritable(workdir, error)) from None
     return workdir
@@ -175,7 +181,7 @@ class WorkdirLock:
             return
         if _read_holder(self.path).get("token") == self.holder.get("token"):
             try:
-                os.unlink(self.path)
+                storage.remove(self.path)
             except FileNotFoundError:
                 pass
         self.path = None
@@ -189,8 +195,7 @@ class WorkdirLock:
 
 def _read_holder(path: str) -> dict:
     try:
-        with open(path) as f:
-            holder = json.load(f)
+        holder = json.loads(storage.read_text(path))
     except (OSError, ValueError):
         return {}
     return holder if isinstance(holder, dict) else {}
@@ -210,6 +215,14 @@ def acquire_lock(workdir: str | os.PathLike, *, writer: bool = True) -> WorkdirL
     host (or by a reused pid) is taken over with a warning; a live holder, or one on another
     host, makes this raise at once (no waiting).
 
+    On cloud storage (a ``scheme://`` workdir) there is no create-exclusive through epath, so
+    the lock is best-effort, with a warning: a lock file present (committed) refuses the run
+    as above; otherwise this process writes its holder record, waits
+    `CLOUD_LOCK_SETTLE_S` and reads it back, and raises if another process's record won.
+    Two trainers started within that window on different hosts can both pass: the lock
+    guards against the usual mistake (a second run in a live run's workdir), not against
+    a race; stale locks of other hosts are never taken over (delete the file by hand).
+
     Args:
       workdir: the run's folder; created if missing.
       writer: False returns an empty lock and touches nothing (processes other than 0).
@@ -221,7 +234,7 @@ def acquire_lock(workdir: str | os.PathLike, *, writer: bool = True) -> WorkdirL
     if not writer:
         return WorkdirLock(None)
     workdir = ensure_workdir(workdir)
-    path = os.path.join(workdir, LOCK_FILE)
+    path = storage.join(workdir, LOCK_FILE)
     holder = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
@@ -230,6 +243,8 @@ def acquire_lock(workdir: str | os.PathLike, *, writer: bool = True) -> WorkdirL
         "command": " ".join(sys.argv)[:300],
         "token": uuid.uuid4().hex,
     }
+    if not storage.is_local(workdir):
+        return _acquire_cloud_lock(workdir, path, holder)
     with _DirectoryGuard(workdir):
         for _ in range(2):
             try:
@@ -251,6 +266,37 @@ def acquire_lock(workdir: str | os.PathLike, *, writer: bool = True) -> WorkdirL
                 json.dump(holder, f)
             return WorkdirLock(path, holder)
     raise WorkdirLockedError(_locked_message(workdir, path, _read_holder(path)))
+
+
+CLOUD_LOCK_SETTLE_S = 1.0
+
+
+def _acquire_cloud_lock(workdir: str, path: str, holder: dict) -> WorkdirLock:
+    """The best-effort lock of a cloud workdir (see `acquire_lock`)."""
+    _LOG.warning(
+        "%s is on cloud storage: its lock %s is best-effort (no create-exclusive there); "
+        "do not start two trainers in it at once",
+        workdir,
+        LOCK_FILE,
+    )
+    if storage.exists(path):
+        other = _read_holder(path)
+        if not _is_stale(other):
+            raise WorkdirLockedError(_locked_message(workdir, path, other))
+        _LOG.warning(
+            "Taking over the stale lock %s of a process that is gone (%s)",
+            path,
+            _describe_holder(other),
+        )
+    try:
+        storage.write_text(path, json.dumps(holder))
+    except OSError as error:
+        raise WorkdirError(_unwritable(workdir, error)) from None
+    time.sleep(CLOUD_LOCK_SETTLE_S)
+    won = _read_holder(path)
+    if won.get("token") != holder["token"]:
+        raise WorkdirLockedError(_locked_message(workdir, path, won))
+    return WorkdirLock(path, holder)
 
 
 def _is_stale(holder: dict) -> bool:
@@ -285,8 +331,7 @@ def read_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
     """
     path = os.fspath(path)
     try:
-        with open(path) as f:
-            data = json.load(f)
+        data = json.loads(storage.read_text(path))
     except json.JSONDecodeError as error:
         raise WorkdirError(f"{path} is not valid JSON (truncated or edited?): {error}") from None
     if not isinstance(data, dict):
@@ -336,8 +381,8 @@ def _show(value: Any) -> str:
 
 
 def _has_checkpoints(workdir: str) -> bool:
-    directory = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+    directory = storage.as_path(storage.join(workdir, "checkpoints"))
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
 def check_identity(
@@ -353,12 +398,12 @@ def check_identity(
         workdir has checkpoints but no (readable) ``config.json``.
     """
     workdir = os.fspath(workdir)
-    path = os.path.join(workdir, CONFIG_FILE)
+    path = storage.join(workdir, CONFIG_FILE)
     hint = (
         "resume with the run's config, use another --workdir, or pass --override to go on "
         f"with the new one (recorded in {HISTORY_FILE})"
     )
-    if not os.path.exists(path):
+    if not storage.exists(path):
         if _has_checkpoints(workdir) and not override:
             raise ConfigMismatchError(
                 f"{workdir} holds checkpoints but no {CONFIG_FILE}, so its config is unknown; "
@@ -405,7 +450,7 @@ def record_config(
     if not writer or changes == {}:
         return
     workdir = os.fspath(workdir)
-    _write_atomically(os.path.join(workdir, CONFIG_FILE), config.to_json(indent=2))
+    _write_atomically(storage.join(workdir, CONFIG_FILE), config.to_json(indent=2))
     if changes is None:
         return
     override = any(not is_free_key(k) for k in changes)
@@ -415,8 +460,7 @@ def record_config(
         "override": override,
         "changes": {key: [old, new] for key, (old, new) in changes.items()},
     }
-    with open(os.path.join(workdir, HISTORY_FILE), "a") as f:
-        f.write(json.dumps(record) + "\n")
+    storage.append_text(storage.join(workdir, HISTORY_FILE), json.dumps(record) + "\n")
     kind = "--override" if override else "settings that keep the run's identity"
     print(f"Config changed from step {step} ({kind}): {_format(changes)}; see {HISTORY_FILE}")
 
@@ -431,11 +475,8 @@ def check_num_steps(config: ml_collections.ConfigDict, step: int, workdir: str) 
 
 
 def _write_atomically(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        storage.write_text(path, text)
     except OSError as error:
         if error.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM):
             raise WorkdirError(_unwritable(os.path.dirname(path), error)) from None

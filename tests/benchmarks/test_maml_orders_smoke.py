@@ -53,6 +53,7 @@ def test_smoke_run_writes_jsonl_markdown_and_plots(bench, tmp_path):
         # --smoke measures in this process: its peak RSS so far bounds the reading from above.
         assert row["memory_source"] == "host peak RSS"
         assert row["peak_memory_mb"] <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        assert row["device_peak_bytes"] is None  # CPU: memory_stats() reports nothing
     second, first = rows
     # The second-order step differentiates through the inner gradient: more FLOPs.
     assert second["gflop_per_step"] > first["gflop_per_step"] > 0

@@ -125,7 +125,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def _comparable(records):
-    timing = {"step_time", "tasks_per_second"}
+    timing = {"step_time", "tasks_per_second", "window_seconds", "host_peak_rss_bytes"}
     return [{k: v for k, v in r.items() if k not in timing} for r in records]
 
 
