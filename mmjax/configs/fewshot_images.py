@@ -99,6 +99,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "pool": "max",
             "conv_impl": "auto",
             "widths": MAML_RESNET12_WIDTHS if algorithm == "maml" else RESNET12_WIDTHS,
+            "dtype": "float32",  # compute dtype: "bfloat16" for bf16 activations and matmuls
+            "param_dtype": "float32",  # master parameters (only float32 is accepted)
         }
     )
     config.augment = ml_collections.ConfigDict(

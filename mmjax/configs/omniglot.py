@@ -96,6 +96,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "pool": "stride",
             "conv_impl": "auto",
             "hidden_sizes": (256, 128),  # for encoder="mlp"
+            "dtype": "float32",  # compute dtype: "bfloat16" for bf16 activations and matmuls
+            "param_dtype": "float32",  # master parameters (only float32 is accepted)
         }
     )
     config.ways = spec.ways

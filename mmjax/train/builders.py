@@ -97,6 +97,7 @@ def build_model(config: ml_collections.ConfigDict) -> Classifier:
     return Classifier(
         encoder=encoder,
         num_classes=config.ways,
+        # .get: a config.json written before these keys existed (resume, evaluate) lacks them.
         dtype=m.get("dtype", "float32"),
         param_dtype=m.get("param_dtype", "float32"),
     )
