@@ -8,6 +8,7 @@ rates (``φ = θ - α ∘ ∇L_support(θ)``), and the outer gradient flows into
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import chex
 import flax.linen as nn
@@ -15,8 +16,9 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.data.episodes import Episode
-from mmjax.meta import maml
-from mmjax.meta.learner import MetaLearner, Params, register
+from mmjax.meta import common, maml, task_batching as batching
+from mmjax.meta.common import Params
+from mmjax.meta.learner import MetaLearner, register
 
 
 def init_inner_lr(inner_lr: float | Params, params: Params) -> Params:
@@ -28,12 +30,12 @@ def init_inner_lr(inner_lr: float | Params, params: Params) -> Params:
     Raises:
       ValueError: the pytree's structure or a leaf's shape differs from ``params``, or a rate
         is not finite and ``> 0`` (the message names the leaf, see
-        :func:`mmjax.meta.maml.check_inner_lr`).
+        :func:`mmjax.meta.common.check_inner_lr`).
       TypeError: ``inner_lr`` is not a number or a pytree of numbers.
     """
-    maml._check_settings(inner_lr=inner_lr, num_steps=0)  # type, and a scalar's value
-    maml.check_inner_lr(inner_lr, params)
-    if maml._is_scalar(inner_lr):
+    common.check_settings(inner_lr=inner_lr, num_steps=0)  # type, and a scalar's value
+    common.check_inner_lr(inner_lr, params)
+    if common.is_scalar(inner_lr):
         return jax.tree.map(lambda p: jnp.full(jnp.shape(p), inner_lr, jnp.result_type(p)), params)
     lr_by_path = dict(jax.tree_util.tree_leaves_with_path(inner_lr))
     return jax.tree_util.tree_map_with_path(
@@ -44,37 +46,20 @@ def init_inner_lr(inner_lr: float | Params, params: Params) -> Params:
     )
 
 
-def task_loss(meta_params: Params, episode: Episode, **kwargs) -> tuple[chex.Array, dict]:
+def learned_rates_task_loss(
+    meta_params: Params, episode: Episode, **settings
+) -> tuple[chex.Array, dict]:
     """:func:`mmjax.meta.maml.task_loss` of one task with the rates ``meta_params["inner_lr"]``.
 
-    ``kwargs``: ``loss_fn``, ``num_steps``, ``first_order``; scalar loss and metrics.
+    ``settings``: ``loss_fn``, ``num_steps``, ``first_order``; scalar loss and metrics.
     """
     return maml.task_loss(
         meta_params["model"],
         episode,
         inner_lr=meta_params["inner_lr"],
         signed_rates=True,  # learned rates may turn negative (they learn the direction too)
-        **kwargs,
+        **settings,
     )
-
-
-def meta_loss(
-    meta_params: Params, episodes: Episode, *, task_batching: str | int = "auto", **kwargs
-) -> tuple[chex.Array, dict]:
-    """Mean query loss of MAML with the meta-learned rates ``meta_params["inner_lr"]``.
-
-    ``kwargs`` are :func:`task_loss`'s (``loss_fn``, ``num_steps``, ``first_order``).
-    """
-    per_task = functools.partial(task_loss, **kwargs)
-    return maml.mean_over_tasks(per_task, meta_params, episodes, task_batching)
-
-
-def meta_grad(
-    meta_params: Params, episodes: Episode, *, task_batching: str | int = "auto", **kwargs
-) -> tuple[Params, dict]:
-    """Gradient of :func:`meta_loss` w.r.t. both the initialisation and the rates."""
-    per_task = functools.partial(task_loss, **kwargs)
-    return maml.grad_over_tasks(per_task, meta_params, episodes, task_batching)
 
 
 def metasgd_learner(
@@ -96,32 +81,33 @@ def metasgd_learner(
       eval_num_inner_steps: inner steps at evaluation (default ``num_inner_steps``).
       first_order: stop gradients through the inner gradients.
       task_batching: how the task batch is mapped
-        (:func:`mmjax.meta.maml.resolve_task_batching`).
+        (:func:`mmjax.meta.task_batching.resolve_task_batching`).
     """
-    maml._check_settings(inner_lr=inner_lr, num_steps=num_inner_steps)
-    eval_steps = num_inner_steps if eval_num_inner_steps is None else eval_num_inner_steps
-    maml._check_settings(inner_lr=inner_lr, num_steps=eval_steps)
-    maml.resolve_task_batching(task_batching)
-    loss_fn = maml.classification_loss(model.apply)
+    eval_steps = common.check_learner_settings(
+        inner_lr=inner_lr, num_inner_steps=num_inner_steps,
+        eval_num_inner_steps=eval_num_inner_steps, task_batching=task_batching,
+    )  # fmt: skip
+    loss_fn = common.classification_loss(model.apply)
 
     def init(key: chex.PRNGKey, example_inputs: chex.ArrayTree) -> Params:
         params = model.init(key, example_inputs)
         return {"model": params, "inner_lr": init_inner_lr(inner_lr, params)}
 
-    per_task = functools.partial(task_loss, loss_fn=loss_fn, num_steps=eval_steps)
-    evaluate = functools.partial(maml.metrics_per_task, per_task, task_batching=task_batching)
+    def per_task(steps: int, **settings) -> Callable:
+        return functools.partial(
+            learned_rates_task_loss, loss_fn=loss_fn, num_steps=steps, **settings
+        )
 
+    grad_task = per_task(num_inner_steps, first_order=first_order)
     return MetaLearner(
         name="metasgd",
         init=init,
         meta_grad=functools.partial(
-            meta_grad,
-            loss_fn=loss_fn,
-            num_steps=num_inner_steps,
-            first_order=first_order,
-            task_batching=task_batching,
+            batching.grad_over_tasks, grad_task, task_batching=task_batching
         ),
-        evaluate=evaluate,
+        evaluate=functools.partial(
+            batching.metrics_per_task, per_task(eval_steps), task_batching=task_batching
+        ),
     )
 
 

@@ -27,25 +27,12 @@ import jax.numpy as jnp
 
 from mmjax.data.episodes import Episode
 from mmjax.fusion.film import film
-from mmjax.meta import maml
+from mmjax.meta import common, maml, task_batching as batching
 from mmjax.meta.anil import encode, head_logits
-from mmjax.meta.learner import MetaLearner, Params, register
+from mmjax.meta.common import Params
+from mmjax.meta.learner import MetaLearner, register
 
 LOSSES = ("cross_entropy", "mse")
-
-
-def regression_loss(apply_fn) -> maml.LossFn:
-    """Mean squared error loss ``(params, inputs, targets: [n]) -> (loss, {"loss", "mse"})``.
-
-    ``apply_fn(params, inputs)`` returns ``[n, 1]`` (or ``[n]``) predictions.
-    """
-
-    def loss_fn(params: Params, inputs: chex.ArrayTree, targets: chex.Array):
-        predictions = apply_fn(params, inputs).reshape(targets.shape)
-        mse = jnp.mean((predictions - targets) ** 2)
-        return mse, {"loss": mse, "mse": mse}
-
-    return loss_fn
 
 
 class TaskEncoder(nn.Module):
@@ -88,7 +75,7 @@ def _targets(labels: chex.Array, *, loss: str, ways: int) -> jax.Array:
     return labels.reshape(labels.shape[0], -1)
 
 
-def task_loss(
+def modulated_task_loss(
     meta_params: Params,
     episode: Episode,
     *,
@@ -99,7 +86,11 @@ def task_loss(
     num_steps: int,
     first_order: bool = False,
 ) -> tuple[chex.Array, dict]:
-    """Modulate from the support set, adapt by MAML on it, then the query loss and metrics."""
+    """Modulate from the support set, adapt by MAML on it, then the query loss and metrics.
+
+    ``episode``: one task (no task axis); returns a scalar loss and metrics (those of
+    :func:`mmjax.meta.maml.task_loss` plus ``film_norm``, the norm of ``(γ, β)``).
+    """
     gamma, beta = task_encoder.apply(
         meta_params["modulation"],
         episode.support_inputs,
@@ -107,7 +98,9 @@ def task_loss(
     )
     apply_fn = lambda params, inputs: modulated_apply(model, params, inputs, gamma, beta)
     loss_fn = (
-        maml.classification_loss(apply_fn) if loss == "cross_entropy" else regression_loss(apply_fn)
+        common.classification_loss(apply_fn)
+        if loss == "cross_entropy"
+        else common.regression_loss(apply_fn)
     )
     query_loss, metrics = maml.task_loss(
         meta_params["model"],
@@ -119,22 +112,6 @@ def task_loss(
     )
     metrics = dict(metrics, film_norm=jnp.sqrt(jnp.sum(gamma**2) + jnp.sum(beta**2)))
     return query_loss, metrics
-
-
-def meta_loss(
-    meta_params: Params, episodes: Episode, *, task_batching: str | int = "auto", **kwargs
-) -> tuple[chex.Array, dict]:
-    """Mean query loss over a task batch (leading task axis, mapped by ``task_batching``)."""
-    per_task = functools.partial(task_loss, **kwargs)
-    return maml.mean_over_tasks(per_task, meta_params, episodes, task_batching)
-
-
-def meta_grad(
-    meta_params: Params, episodes: Episode, *, task_batching: str | int = "auto", **kwargs
-) -> tuple[Params, dict]:
-    """Gradient of :func:`meta_loss` w.r.t. the model initialisation and the task encoder."""
-    per_task = functools.partial(task_loss, **kwargs)
-    return maml.grad_over_tasks(per_task, meta_params, episodes, task_batching)
 
 
 def mmaml_learner(
@@ -160,12 +137,12 @@ def mmaml_learner(
       loss: ``"cross_entropy"`` (classification; metrics ``loss``, ``accuracy``) or ``"mse"``
         (regression, float labels; metrics ``loss``, ``mse``).
       task_batching: how the task batch is mapped
-        (:func:`mmjax.meta.maml.resolve_task_batching`).
+        (:func:`mmjax.meta.task_batching.resolve_task_batching`).
     """
-    maml._check_settings(inner_lr=inner_lr, num_steps=num_inner_steps)
-    eval_steps = num_inner_steps if eval_num_inner_steps is None else eval_num_inner_steps
-    maml._check_settings(inner_lr=inner_lr, num_steps=eval_steps)
-    maml.resolve_task_batching(task_batching)
+    eval_steps = common.check_learner_settings(
+        inner_lr=inner_lr, num_inner_steps=num_inner_steps,
+        eval_num_inner_steps=eval_num_inner_steps, task_batching=task_batching,
+    )  # fmt: skip
     if loss not in LOSSES:
         raise ValueError(f"loss={loss!r} is not one of {', '.join(LOSSES)}")
     if not hasattr(model, "encoder") or not hasattr(model, "num_classes"):
@@ -201,16 +178,12 @@ def mmaml_learner(
         )
 
     def learner_meta_grad(meta_params: Params, episodes: Episode) -> tuple[Params, dict]:
-        return meta_grad(
-            meta_params,
-            episodes,
-            task_batching=task_batching,
-            **settings(meta_params, num_inner_steps),
-        )
+        per_task = functools.partial(modulated_task_loss, **settings(meta_params, num_inner_steps))
+        return batching.grad_over_tasks(per_task, meta_params, episodes, task_batching)
 
     def evaluate(meta_params: Params, episodes: Episode) -> dict:
-        per_task = functools.partial(task_loss, **settings(meta_params, eval_steps))
-        return maml.metrics_per_task(per_task, meta_params, episodes, task_batching)
+        per_task = functools.partial(modulated_task_loss, **settings(meta_params, eval_steps))
+        return batching.metrics_per_task(per_task, meta_params, episodes, task_batching)
 
     return MetaLearner(name="mmaml", init=init, meta_grad=learner_meta_grad, evaluate=evaluate)
 
