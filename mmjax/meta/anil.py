@@ -13,9 +13,10 @@ import functools
 
 import chex
 import flax.linen as nn
+from typing_extensions import Unpack
 
 from mmjax.data.episodes import Episode
-from mmjax.meta import common, maml, task_batching as batching
+from mmjax.meta import common, maml
 from mmjax.meta.common import Params
 from mmjax.meta.learner import MetaLearner, register
 
@@ -108,47 +109,27 @@ def head_only_task_loss(
 
 
 def anil_learner(
-    model: nn.Module,
-    *,
-    inner_lr: float,
-    num_inner_steps: int,
-    eval_num_inner_steps: int | None = None,
-    first_order: bool = False,
-    task_batching: str | int = "auto",
+    model: nn.Module, **settings: Unpack[common.InnerLoopSettings]
 ) -> MetaLearner:
     """ANIL on a ``Classifier`` ``model`` (head adapted in the inner loop, encoder frozen there).
 
-    Args:
-      model: ``Classifier(encoder, num_classes)``.
-      inner_lr: head SGD step size.
-      num_inner_steps: inner steps during meta-training.
-      eval_num_inner_steps: inner steps at evaluation (default ``num_inner_steps``).
-      first_order: stop gradients through the inner gradients.
-      task_batching: how the task batch is mapped
-        (:func:`mmjax.meta.task_batching.resolve_task_batching`).
+    ``model``: ``Classifier(encoder, num_classes)``; ``settings``: the inner loop on the
+    head (:class:`~mmjax.meta.common.InnerLoopSettings`).
     """
-    eval_steps = common.check_learner_settings(
-        inner_lr=inner_lr, num_inner_steps=num_inner_steps,
-        eval_num_inner_steps=eval_num_inner_steps, task_batching=task_batching,
-    )  # fmt: skip
+    inner = common.check_learner_settings(settings)
     if not hasattr(model, "encoder") or not hasattr(model, "num_classes"):
         raise ValueError(
             f"ANIL needs a Classifier(encoder, num_classes); got {type(model).__name__}"
         )
     per_task = functools.partial(
-        head_only_task_loss, model=model, inner_lr=inner_lr, first_order=first_order
+        head_only_task_loss, model=model, inner_lr=inner.inner_lr, first_order=inner.first_order
     )
-    return MetaLearner(
-        name="anil",
-        init=model.init,
-        meta_grad=functools.partial(
-            batching.grad_over_tasks, functools.partial(per_task, num_steps=num_inner_steps),
-            task_batching=task_batching,
-        ),  # fmt: skip
-        evaluate=functools.partial(
-            batching.metrics_per_task, functools.partial(per_task, num_steps=eval_steps),
-            task_batching=task_batching,
-        ),  # fmt: skip
+    return common.loss_gradient_learner(
+        "anil",
+        model.init,
+        train_task=functools.partial(per_task, num_steps=inner.num_inner_steps),
+        eval_task=functools.partial(per_task, num_steps=inner.eval_num_inner_steps),
+        task_batching=inner.task_batching,
     )
 
 

@@ -4,12 +4,14 @@ A *loss function* is ``loss_fn(params, inputs, labels) -> (loss, metrics)`` with
 ``loss`` and a dict of scalar ``metrics``; :func:`classification_loss` and
 :func:`regression_loss` build one from a Flax ``apply``. :func:`check_learner_settings` is
 the prologue of every gradient-based learner's builder; :func:`adapt_and_score` is its
-per-task body (adapt on the support set, then the query loss and metrics).
+per-task body (adapt on the support set, then the query loss and metrics), and
+:func:`loss_gradient_learner` lifts per-task losses to a learner.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import functools
+from typing import Any, Callable, NamedTuple, TypedDict
 
 import chex
 import jax
@@ -19,7 +21,8 @@ import optax
 from flax.errors import ScopeParamShapeError
 
 from mmjax.data.episodes import Episode
-from mmjax.meta.task_batching import resolve_task_batching
+from mmjax.meta.learner import MetaLearner
+from mmjax.meta.task_batching import grad_over_tasks, metrics_per_task, resolve_task_batching
 from mmjax.validation import check_labels, is_concrete, is_real_number
 
 Params = Any
@@ -194,61 +197,118 @@ def check_support(inputs: chex.ArrayTree, labels: chex.Array) -> None:
             )
 
 
+class SGDLoop(NamedTuple):
+    """Static settings of an inner SGD loop (hashable; see :func:`mmjax.meta.maml.adapt`).
+
+    Attributes:
+      loss_fn: the loss descended, ``(params, inputs, labels) -> (loss, metrics)``.
+      inner_lr: step size: a scalar, or a pytree of per-parameter rates like ``params``.
+      num_steps: number of steps.
+      first_order: stop the gradient through the inner gradients.
+      remat: rematerialise each step in the backward pass (``jax.checkpoint``).
+      unroll: ``lax.scan`` unroll factor (``True``: fully unrolled).
+    """
+
+    loss_fn: LossFn
+    inner_lr: float | Params
+    num_steps: int
+    first_order: bool = False
+    remat: bool = False
+    unroll: int | bool = 1
+
+
 def sgd_steps(
-    params: Params,
-    inputs: chex.ArrayTree,
-    labels: chex.Array,
-    *,
-    loss_fn: LossFn,
-    inner_lr: float | Params,
-    num_steps: int,
-    first_order: bool = False,
-    remat: bool = False,
-    unroll: int | bool = 1,
+    loop: SGDLoop, params: Params, inputs: chex.ArrayTree, labels: chex.Array
 ) -> tuple[Params, chex.Array]:
-    """``num_steps`` of SGD on ``loss_fn`` by ``lax.scan`` (unchecked; see maml.adapt).
+    """``loop.num_steps`` of SGD on ``loop.loss_fn`` by ``lax.scan`` (settings unchecked).
 
     ``inputs`` leaves ``[support_size, ...]``, ``labels: [support_size]``. Returns
     ``(adapted_params, losses)``, ``losses: [num_steps]`` the loss before each step;
-    ``num_steps=0`` returns ``params`` itself and ``losses`` of shape ``[0]``.
+    ``num_steps=0`` returns ``params`` unchanged and ``losses`` of shape ``[0]``.
     """
 
     def step(current, _):
-        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(current, inputs, labels)
-        if first_order:
+        (loss, _), grads = jax.value_and_grad(loop.loss_fn, has_aux=True)(current, inputs, labels)
+        if loop.first_order:
             grads = jax.lax.stop_gradient(grads)
-        return sgd_update(current, grads, inner_lr), loss
+        return sgd_update(current, grads, loop.inner_lr), loss
 
-    if remat:
+    if loop.remat:
         step = jax.checkpoint(step)
-    unroll = num_steps if unroll is True else int(unroll)
-    return jax.lax.scan(step, params, None, length=num_steps, unroll=max(unroll, 1))
+    unroll = loop.num_steps if loop.unroll is True else int(loop.unroll)
+    return jax.lax.scan(step, params, None, length=loop.num_steps, unroll=max(unroll, 1))
+
+
+class InnerLoopSettings(TypedDict, total=False):
+    """The settings every gradient-based learner's builder takes (``**settings``).
+
+    Attributes:
+      inner_lr: inner step size ``> 0``: a number, or (where the learner allows it) a pytree
+        of per-parameter rates shaped like the model's parameters.
+      num_inner_steps: inner steps during meta-training, an int ``>= 0``.
+      eval_num_inner_steps: inner steps at evaluation (default ``num_inner_steps``).
+      first_order: stop the gradient through the inner gradients (default ``False``; not
+        a setting of Reptile, which is first order).
+      task_batching: how the task batch is mapped (default ``"auto"``;
+        :func:`mmjax.meta.task_batching.resolve_task_batching`).
+    """
+
+    inner_lr: float | Params
+    num_inner_steps: int
+    eval_num_inner_steps: int | None
+    first_order: bool
+    task_batching: str | int
+
+
+class InnerLoop(NamedTuple):
+    """Checked :class:`InnerLoopSettings`, ``eval_num_inner_steps`` resolved to an int."""
+
+    inner_lr: float | Params
+    num_inner_steps: int
+    eval_num_inner_steps: int
+    first_order: bool
+    task_batching: str | int
 
 
 def check_learner_settings(
-    *,
-    inner_lr: float | Params,
-    num_inner_steps: int,
-    eval_num_inner_steps: int | None = None,
-    task_batching: str | int = "auto",
-) -> int:
-    """The prologue of a gradient-based learner's builder; returns the evaluation steps.
+    settings: InnerLoopSettings, *, defaults: InnerLoopSettings | None = None,
+    first_order: bool = True,
+) -> InnerLoop:  # fmt: skip
+    """The prologue of a gradient-based learner's builder: its checked inner-loop settings.
 
-    Checks ``inner_lr`` and ``num_inner_steps`` (:func:`check_settings`), then
-    ``eval_num_inner_steps`` (``None``: ``num_inner_steps``) and ``task_batching``
-    (:func:`mmjax.meta.task_batching.resolve_task_batching`), before anything is traced.
+    Args:
+      settings: the builder's ``**settings`` (:class:`InnerLoopSettings`).
+      defaults: the learner's own defaults for missing keys (e.g. Meta-SGD's ``inner_lr``);
+        ``inner_lr`` and ``num_inner_steps`` are required unless given here.
+      first_order: whether ``first_order`` is a setting of this learner.
+
+    Checks, before anything is traced: the names, ``inner_lr`` and ``num_inner_steps``
+    (:func:`check_settings`), ``eval_num_inner_steps`` and ``task_batching``
+    (:func:`mmjax.meta.task_batching.resolve_task_batching`).
 
     Raises:
-      ValueError, TypeError: naming the setting and its valid range.
+      TypeError: an unknown or missing setting (naming it and the valid ones), or an
+        ``inner_lr`` that is not a number.
+      ValueError: a setting out of range, naming it and its range.
     """
-    check_settings(inner_lr=inner_lr, num_steps=num_inner_steps)
-    eval_steps = num_inner_steps if eval_num_inner_steps is None else eval_num_inner_steps
+    valid = [name for name in InnerLoop._fields if first_order or name != "first_order"]
+    unknown = sorted(set(settings) - set(valid))
+    if unknown:
+        raise TypeError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+    given = {"eval_num_inner_steps": None, "first_order": False, "task_batching": "auto"}
+    given.update(defaults or {}, **settings)
+    missing = [name for name in ("inner_lr", "num_inner_steps") if name not in given]
+    if missing:
+        raise TypeError(f"missing required setting(s) {', '.join(missing)}")
+    check_settings(inner_lr=given["inner_lr"], num_steps=given["num_inner_steps"])
+    if given["eval_num_inner_steps"] is None:
+        given["eval_num_inner_steps"] = given["num_inner_steps"]
     try:
-        check_settings(inner_lr=inner_lr, num_steps=eval_steps)
+        check_settings(inner_lr=given["inner_lr"], num_steps=given["eval_num_inner_steps"])
     except ValueError as error:
         raise ValueError(f"eval_num_inner_steps: {error}") from None
-    resolve_task_batching(task_batching)
-    return eval_steps
+    resolve_task_batching(given["task_batching"])
+    return InnerLoop(**given)
 
 
 class Scored(NamedTuple):
@@ -282,3 +342,31 @@ def adapt_and_score(
     if jnp.shape(support_losses)[0] > 0:
         metrics["support_loss"] = support_losses[0]
     return Scored(loss, metrics, adapted)
+
+
+def loss_gradient_learner(
+    name: str,
+    init: Callable[[chex.PRNGKey, chex.ArrayTree], Params],
+    *,
+    train_task: Callable[[Params, Episode], tuple[chex.Array, dict]],
+    eval_task: Callable[[Params, Episode], tuple[chex.Array, dict]],
+    task_batching: str | int = "auto",
+    eval_task_batching: str | int | None = None,
+    **fields,
+) -> MetaLearner:
+    """A learner whose meta-gradient is the gradient of the mean per-task loss.
+
+    ``meta_grad`` is :func:`~mmjax.meta.task_batching.grad_over_tasks` of ``train_task``
+    and ``evaluate`` is :func:`~mmjax.meta.task_batching.metrics_per_task` of
+    ``eval_task``, both ``(meta_params, episode) -> (loss, metrics)`` of one task, mapped
+    by ``task_batching`` (``eval_task_batching`` for evaluation, default the same).
+    ``fields``: the other :class:`~mmjax.meta.learner.MetaLearner` fields.
+    """
+    eval_batching = task_batching if eval_task_batching is None else eval_task_batching
+    return MetaLearner(
+        name=name,
+        init=init,
+        meta_grad=functools.partial(grad_over_tasks, train_task, task_batching=task_batching),
+        evaluate=functools.partial(metrics_per_task, eval_task, task_batching=eval_batching),
+        **fields,
+    )

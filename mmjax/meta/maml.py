@@ -18,6 +18,7 @@ import functools
 import chex
 import flax.linen as nn
 import jax.numpy as jnp
+from typing_extensions import Unpack
 
 from mmjax.data.episodes import Episode
 from mmjax.meta import batch_norm_eval, common, meta_gradients, task_batching as batching
@@ -67,19 +68,26 @@ def adapt(
     """
     common.check_settings(inner_lr=inner_lr, num_steps=num_steps, signed=signed_rates)
     common.check_inner_lr(inner_lr, params, signed=signed_rates)
-    if not _is_exact_by_name(meta_gradient):
-        spec = meta_gradients.meta_gradient_spec(meta_gradient, first_order=first_order)
-        if spec.annealed:
-            raise ValueError("first_order_until needs the meta-step: use task_loss(meta_step=...)")
-        return meta_gradients.adapt_with_meta_gradient(
+    loop = common.SGDLoop(loss_fn, inner_lr, num_steps, first_order, remat, unroll)
+    if _is_exact_by_name(meta_gradient):
+        common.check_support(inputs, labels)
+        return common.sgd_steps(loop, params, inputs, labels)
+    spec = meta_gradients.meta_gradient_spec(meta_gradient, first_order=first_order)
+    if spec.annealed:
+        raise ValueError("first_order_until needs the meta-step: use task_loss(meta_step=...)")
+    meta_gradients.check_num_steps(spec, num_steps)
+    if spec.mode == "implicit":
+        return meta_gradients.adapt_implicit(
             params, inputs, labels, loss_fn=loss_fn, inner_lr=inner_lr, num_steps=num_steps,
-            meta_gradient=spec, remat=remat, unroll=unroll,
+            lam=spec.lam, cg_steps=spec.cg_steps, cg_tol=spec.cg_tol, unroll=unroll,
         )  # fmt: skip
     common.check_support(inputs, labels)
-    return common.sgd_steps(
-        params, inputs, labels, loss_fn=loss_fn, inner_lr=inner_lr, num_steps=num_steps,
-        first_order=first_order, remat=remat, unroll=unroll,
-    )  # fmt: skip
+    losses = []
+    for steps, segment_first_order in meta_gradients.inner_segments(spec, num_steps):
+        segment = loop._replace(num_steps=steps, first_order=segment_first_order)
+        params, segment_losses = common.sgd_steps(segment, params, inputs, labels)
+        losses.append(segment_losses)
+    return params, jnp.concatenate(losses) if len(losses) > 1 else losses[0]
 
 
 def task_loss(
@@ -159,13 +167,8 @@ def _is_exact_by_name(meta_gradient: str | meta_gradients.MetaGradient) -> bool:
 def maml_learner(
     model: nn.Module,
     *,
-    inner_lr: float,
-    num_inner_steps: int,
-    eval_num_inner_steps: int | None = None,
-    first_order: bool = False,
     remat: bool = False,
     unroll: int | bool = 1,
-    task_batching: str | int = "auto",
     meta_gradient: str | meta_gradients.MetaGradient = "exact",
     truncate: int | None = None,
     lam: float = 1.0,
@@ -173,55 +176,52 @@ def maml_learner(
     cg_tol: float = 1e-6,
     first_order_until: int = 0,
     eval_batch_norm: str = "transductive",
+    **settings: Unpack[common.InnerLoopSettings],
 ) -> MetaLearner:
     """MAML (``first_order=False``) or FOMAML on ``model`` (a Flax classifier).
 
     Args:
       model: ``apply(params, inputs) -> [batch, ways]`` logits.
-      inner_lr: inner SGD step size.
-      num_inner_steps: inner steps during meta-training.
-      eval_num_inner_steps: inner steps at evaluation (default: ``num_inner_steps``).
-      first_order: FOMAML.
       remat, unroll: of the inner loop (see :func:`adapt`).
-      task_batching: how the task batch is mapped
-        (:func:`mmjax.meta.task_batching.resolve_task_batching`).
       meta_gradient: ``"exact"``, ``"first_order"``, ``"truncated"`` (``truncate``) or
         ``"implicit"`` (``lam``, ``cg_steps``, ``cg_tol``; also the inner problem at
         evaluation); see :mod:`mmjax.meta.meta_gradients`.
       first_order_until: first-order meta-steps before this one (MAML++ annealing); the
         learner's ``meta_grad`` then takes ``meta_step=``.
       eval_batch_norm: query batching at evaluation (:mod:`mmjax.meta.batch_norm_eval`).
+      **settings: the inner loop (:class:`~mmjax.meta.common.InnerLoopSettings`:
+        ``inner_lr``, ``num_inner_steps``, ``eval_num_inner_steps``, ``first_order`` for
+        FOMAML, ``task_batching``).
     """
+    inner = common.check_learner_settings(settings)
     loss_fn = classification_loss(model.apply)
     spec = meta_gradients.meta_gradient_spec(
-        meta_gradient, first_order=first_order, truncate=truncate, lam=lam, cg_steps=cg_steps,
-        cg_tol=cg_tol, first_order_until=first_order_until,
+        meta_gradient, first_order=inner.first_order, truncate=truncate, lam=lam,
+        cg_steps=cg_steps, cg_tol=cg_tol, first_order_until=first_order_until,
     )  # fmt: skip
-    meta_gradients.check_num_steps(spec, num_inner_steps)
+    meta_gradients.check_num_steps(spec, inner.num_inner_steps)
     batch_norm_eval.check_eval_batch_norm(eval_batch_norm)
-    eval_steps = common.check_learner_settings(
-        inner_lr=inner_lr, num_inner_steps=num_inner_steps,
-        eval_num_inner_steps=eval_num_inner_steps, task_batching=task_batching,
-    )  # fmt: skip
     legacy = meta_gradient == "exact" and not spec.annealed
-    inner = {"loss_fn": loss_fn, "inner_lr": inner_lr, "unroll": unroll}
-    train_gradient = {"first_order": first_order} if legacy else {"meta_gradient": spec}
+    loop = {"loss_fn": loss_fn, "inner_lr": inner.inner_lr, "unroll": unroll}
+    train_gradient = {"first_order": inner.first_order} if legacy else {"meta_gradient": spec}
     learner_grad = functools.partial(
-        meta_grad, num_steps=num_inner_steps, task_batching=task_batching, remat=remat,
-        **inner, **train_gradient,
+        meta_grad, num_steps=inner.num_inner_steps, task_batching=inner.task_batching,
+        remat=remat, **loop, **train_gradient,
     )  # fmt: skip
     # Evaluation adapts with the training inner problem (proximal for "implicit").
     eval_spec = "exact" if spec.mode != "implicit" else spec._replace(first_order_until=0)
     per_task = functools.partial(
         evaluation_task_loss, apply_fn=model.apply, eval_batch_norm=eval_batch_norm,
-        num_steps=eval_steps, meta_gradient=eval_spec, **inner,
+        num_steps=inner.eval_num_inner_steps, meta_gradient=eval_spec, **loop,
     )  # fmt: skip
     names = {"first_order": "fomaml", "implicit": "imaml"}
     return MetaLearner(
         name=names.get(spec.mode, "maml"),
         init=model.init,
         meta_grad=learner_grad,
-        evaluate=functools.partial(batching.metrics_per_task, per_task, task_batching=task_batching),
+        evaluate=functools.partial(
+            batching.metrics_per_task, per_task, task_batching=inner.task_batching
+        ),
         takes_meta_step=spec.annealed,
         eval_batch_norm=eval_batch_norm,
     )

@@ -12,45 +12,33 @@ from __future__ import annotations
 import functools
 
 import flax.linen as nn
+from typing_extensions import Unpack
 
-from mmjax.meta import common, maml, task_batching as batching
+from mmjax.meta import common, maml
 from mmjax.meta.learner import MetaLearner, register
 
 
 def maml_regression_learner(
-    model: nn.Module,
-    *,
-    inner_lr: float,
-    num_inner_steps: int,
-    eval_num_inner_steps: int | None = None,
-    first_order: bool = False,
-    task_batching: str | int = "auto",
+    model: nn.Module, **settings: Unpack[common.InnerLoopSettings]
 ) -> MetaLearner:
     """MAML with the MSE loss (metrics ``loss`` and ``mse``) on a regression ``model``.
 
-    Args:
-      model: ``apply(params, inputs: [n, 1]) -> [n, 1]`` predictions.
-      inner_lr: inner SGD step size.
-      num_inner_steps: inner steps during meta-training.
-      eval_num_inner_steps: inner steps at evaluation (default ``num_inner_steps``).
-      first_order: stop gradients through the inner gradients.
-      task_batching: how the meta-gradient maps the task batch
-        (:func:`mmjax.meta.task_batching.resolve_task_batching`); evaluation vmaps it.
+    ``model``: ``apply(params, inputs: [n, 1]) -> [n, 1]`` predictions; ``settings``:
+    :class:`~mmjax.meta.common.InnerLoopSettings` (``task_batching`` maps the
+    meta-gradient's task batch; evaluation vmaps it).
     """
-    eval_steps = common.check_learner_settings(
-        inner_lr=inner_lr, num_inner_steps=num_inner_steps,
-        eval_num_inner_steps=eval_num_inner_steps, task_batching=task_batching,
-    )  # fmt: skip
-    inner = {"loss_fn": common.regression_loss(model.apply), "inner_lr": inner_lr}
-    per_task = functools.partial(maml.task_loss, num_steps=eval_steps, **inner)
-    return MetaLearner(
-        name="maml",
-        init=model.init,
-        meta_grad=functools.partial(
-            maml.meta_grad, num_steps=num_inner_steps, first_order=first_order,
-            task_batching=task_batching, **inner,
-        ),  # fmt: skip
-        evaluate=functools.partial(batching.metrics_per_task, per_task, task_batching="vmap"),
+    inner = common.check_learner_settings(settings)
+    loop = {"loss_fn": common.regression_loss(model.apply), "inner_lr": inner.inner_lr}
+    train_task = functools.partial(
+        maml.task_loss, num_steps=inner.num_inner_steps, first_order=inner.first_order, **loop
+    )
+    return common.loss_gradient_learner(
+        "maml",
+        model.init,
+        train_task=train_task,
+        eval_task=functools.partial(maml.task_loss, num_steps=inner.eval_num_inner_steps, **loop),
+        task_batching=inner.task_batching,
+        eval_task_batching="vmap",
     )
 
 

@@ -128,45 +128,20 @@ def check_num_steps(spec: MetaGradient, num_steps: int) -> None:
         raise ValueError(f"truncate must be in [0, num_steps={num_steps}]; got {spec.truncate}")
 
 
-def adapt_with_meta_gradient(
-    params: Params,
-    inputs: chex.ArrayTree,
-    labels: chex.Array,
-    *,
-    loss_fn: common.LossFn,
-    inner_lr: float | Params,
-    num_steps: int,
-    meta_gradient: MetaGradient,
-    remat: bool = False,
-    unroll: int | bool = 1,
-) -> tuple[Params, chex.Array]:
-    """MAML's inner loop with the outer gradient of ``meta_gradient`` (no annealing here).
+def inner_segments(spec: MetaGradient, num_steps: int) -> list[tuple[int, bool]]:
+    """``[(steps, first_order), ...]``: the inner loop of ``spec`` as first-order then exact runs.
 
-    Shapes as in :func:`mmjax.meta.maml.adapt`; returns ``(adapted_params, losses)`` with
-    ``losses: [num_steps]`` the support loss (without the proximal term) before each step.
+    For ``"exact"``, ``"first_order"`` and ``"truncated"`` (``"implicit"`` is
+    :func:`adapt_implicit`): the first ``num_steps - exact`` steps stop the gradient through
+    the inner gradients, the last ``exact`` do not; empty runs are left out (with
+    ``num_steps=0`` both remain, each of 0 steps).
     """
-    check_num_steps(meta_gradient, num_steps)
-    if meta_gradient.mode == "implicit":
-        return adapt_implicit(
-            params, inputs, labels, loss_fn=loss_fn, inner_lr=inner_lr, num_steps=num_steps,
-            lam=meta_gradient.lam, cg_steps=meta_gradient.cg_steps, cg_tol=meta_gradient.cg_tol,
-            unroll=unroll,
-        )  # fmt: skip
-    common.check_settings(inner_lr=inner_lr, num_steps=num_steps)
-    common.check_inner_lr(inner_lr, params)
-    common.check_support(inputs, labels)
-    exact_steps = {"exact": num_steps, "first_order": 0}.get(
-        meta_gradient.mode, meta_gradient.truncate
-    )
-    inner = {"loss_fn": loss_fn, "inner_lr": inner_lr, "remat": remat, "unroll": unroll}
-    losses = []
-    for steps, first_order in ((num_steps - exact_steps, True), (exact_steps, False)):
-        if steps or num_steps == 0:
-            params, step_losses = common.sgd_steps(
-                params, inputs, labels, num_steps=steps, first_order=first_order, **inner
-            )
-            losses.append(step_losses)
-    return params, jnp.concatenate(losses) if len(losses) > 1 else losses[0]
+    if spec.mode == "implicit":
+        raise ValueError("meta_gradient='implicit' is not a run of SGD steps: use adapt_implicit")
+    check_num_steps(spec, num_steps)
+    exact_steps = {"exact": num_steps, "first_order": 0}.get(spec.mode, spec.truncate)
+    runs = ((num_steps - exact_steps, True), (exact_steps, False))
+    return [(steps, first_order) for steps, first_order in runs if steps or num_steps == 0]
 
 
 def adapt_implicit(

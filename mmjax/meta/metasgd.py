@@ -8,17 +8,20 @@ rates (``φ = θ - α ∘ ∇L_support(θ)``), and the outer gradient flows into
 from __future__ import annotations
 
 import functools
-from typing import Callable
 
 import chex
 import flax.linen as nn
+from typing_extensions import Unpack
 import jax
 import jax.numpy as jnp
 
 from mmjax.data.episodes import Episode
-from mmjax.meta import common, maml, task_batching as batching
+from mmjax.meta import common, maml
 from mmjax.meta.common import Params
 from mmjax.meta.learner import MetaLearner, register
+
+#: Meta-SGD's defaults for the settings not given.
+DEFAULTS: common.InnerLoopSettings = {"inner_lr": 0.4, "num_inner_steps": 1}
 
 
 def init_inner_lr(inner_lr: float | Params, params: Params) -> Params:
@@ -63,51 +66,33 @@ def learned_rates_task_loss(
 
 
 def metasgd_learner(
-    model: nn.Module,
-    *,
-    inner_lr: float | Params = 0.4,
-    num_inner_steps: int = 1,
-    eval_num_inner_steps: int | None = None,
-    first_order: bool = False,
-    task_batching: str | int = "auto",
+    model: nn.Module, **settings: Unpack[common.InnerLoopSettings]
 ) -> MetaLearner:
-    """Meta-SGD on ``model`` (a Flax classifier).
+    """Meta-SGD on ``model`` (``apply(params, inputs) -> [batch, ways]`` logits).
 
-    Args:
-      model: ``apply(params, inputs) -> [batch, ways]`` logits.
-      inner_lr: initial rate: a scalar for every parameter, or a pytree shaped like the
-        model's parameters (scalar or full-shape leaves), checked at ``init``.
-      num_inner_steps: inner steps during meta-training.
-      eval_num_inner_steps: inner steps at evaluation (default ``num_inner_steps``).
-      first_order: stop gradients through the inner gradients.
-      task_batching: how the task batch is mapped
-        (:func:`mmjax.meta.task_batching.resolve_task_batching`).
+    ``settings``: :class:`~mmjax.meta.common.InnerLoopSettings`, with the defaults
+    ``inner_lr=0.4`` and ``num_inner_steps=1``. ``inner_lr`` is the initial rate: a scalar
+    for every parameter, or a pytree shaped like the model's parameters (scalar or
+    full-shape leaves), checked at ``init``.
     """
-    eval_steps = common.check_learner_settings(
-        inner_lr=inner_lr, num_inner_steps=num_inner_steps,
-        eval_num_inner_steps=eval_num_inner_steps, task_batching=task_batching,
-    )  # fmt: skip
+    inner = common.check_learner_settings(settings, defaults=DEFAULTS)
+    inner_lr = inner.inner_lr
     loss_fn = common.classification_loss(model.apply)
 
     def init(key: chex.PRNGKey, example_inputs: chex.ArrayTree) -> Params:
         params = model.init(key, example_inputs)
         return {"model": params, "inner_lr": init_inner_lr(inner_lr, params)}
 
-    def per_task(steps: int, **settings) -> Callable:
-        return functools.partial(
-            learned_rates_task_loss, loss_fn=loss_fn, num_steps=steps, **settings
-        )
-
-    grad_task = per_task(num_inner_steps, first_order=first_order)
-    return MetaLearner(
-        name="metasgd",
-        init=init,
-        meta_grad=functools.partial(
-            batching.grad_over_tasks, grad_task, task_batching=task_batching
-        ),
-        evaluate=functools.partial(
-            batching.metrics_per_task, per_task(eval_steps), task_batching=task_batching
-        ),
+    per_task = functools.partial(learned_rates_task_loss, loss_fn=loss_fn)
+    train_task = functools.partial(
+        per_task, num_steps=inner.num_inner_steps, first_order=inner.first_order
+    )
+    return common.loss_gradient_learner(
+        "metasgd",
+        init,
+        train_task=train_task,
+        eval_task=functools.partial(per_task, num_steps=inner.eval_num_inner_steps),
+        task_batching=inner.task_batching,
     )
 
 

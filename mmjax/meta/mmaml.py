@@ -24,6 +24,7 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from typing_extensions import Unpack
 
 from mmjax.data.episodes import Episode
 from mmjax.fusion.film import film
@@ -117,32 +118,20 @@ def modulated_task_loss(
 def mmaml_learner(
     model: nn.Module,
     *,
-    inner_lr: float,
-    num_inner_steps: int,
-    eval_num_inner_steps: int | None = None,
-    first_order: bool = False,
     task_hidden_sizes: Sequence[int] = (64,),
     loss: str = "cross_entropy",
-    task_batching: str | int = "auto",
+    **settings: Unpack[common.InnerLoopSettings],
 ) -> MetaLearner:
     """MMAML on a ``Classifier`` ``model``.
 
     Args:
       model: ``Classifier(encoder, num_classes)`` (``num_classes=1`` for regression).
-      inner_lr: inner SGD step size.
-      num_inner_steps: inner steps during meta-training.
-      eval_num_inner_steps: inner steps at evaluation (default ``num_inner_steps``).
-      first_order: stop gradients through the inner gradients.
       task_hidden_sizes: task-encoder MLP widths.
       loss: ``"cross_entropy"`` (classification; metrics ``loss``, ``accuracy``) or ``"mse"``
         (regression, float labels; metrics ``loss``, ``mse``).
-      task_batching: how the task batch is mapped
-        (:func:`mmjax.meta.task_batching.resolve_task_batching`).
+      **settings: MAML's inner loop (:class:`~mmjax.meta.common.InnerLoopSettings`).
     """
-    eval_steps = common.check_learner_settings(
-        inner_lr=inner_lr, num_inner_steps=num_inner_steps,
-        eval_num_inner_steps=eval_num_inner_steps, task_batching=task_batching,
-    )  # fmt: skip
+    inner = common.check_learner_settings(settings)
     if loss not in LOSSES:
         raise ValueError(f"loss={loss!r} is not one of {', '.join(LOSSES)}")
     if not hasattr(model, "encoder") or not hasattr(model, "num_classes"):
@@ -166,24 +155,28 @@ def mmaml_learner(
         )
         return {"model": params, "modulation": modulation}
 
-    def settings(meta_params: Params, steps: int) -> dict:
+    def task_settings(meta_params: Params, steps: int) -> dict:
         features = meta_params["modulation"]["params"]["film"]["bias"].shape[-1] // 2
         return dict(
             model=model,
             task_encoder=make_task_encoder(features),
             loss=loss,
-            inner_lr=inner_lr,
+            inner_lr=inner.inner_lr,
             num_steps=steps,
-            first_order=first_order,
+            first_order=inner.first_order,
         )
 
     def learner_meta_grad(meta_params: Params, episodes: Episode) -> tuple[Params, dict]:
-        per_task = functools.partial(modulated_task_loss, **settings(meta_params, num_inner_steps))
-        return batching.grad_over_tasks(per_task, meta_params, episodes, task_batching)
+        per_task = functools.partial(
+            modulated_task_loss, **task_settings(meta_params, inner.num_inner_steps)
+        )
+        return batching.grad_over_tasks(per_task, meta_params, episodes, inner.task_batching)
 
     def evaluate(meta_params: Params, episodes: Episode) -> dict:
-        per_task = functools.partial(modulated_task_loss, **settings(meta_params, eval_steps))
-        return batching.metrics_per_task(per_task, meta_params, episodes, task_batching)
+        per_task = functools.partial(
+            modulated_task_loss, **task_settings(meta_params, inner.eval_num_inner_steps)
+        )
+        return batching.metrics_per_task(per_task, meta_params, episodes, inner.task_batching)
 
     return MetaLearner(name="mmaml", init=init, meta_grad=learner_meta_grad, evaluate=evaluate)
 

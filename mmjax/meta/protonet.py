@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from mmjax.data.episodes import Episode
-from mmjax.meta import task_batching as batching
+from mmjax.meta import common, task_batching as batching
 from mmjax.meta.learner import MetaLearner, Params, register
 
 DISTANCES = ("euclidean", "cosine")
@@ -135,14 +135,12 @@ def protonet_learner(
         }
 
     batching.resolve_task_batching(task_batching)
-    meta_grad = functools.partial(batching.grad_over_tasks, per_task, task_batching=task_batching)
-    evaluate = functools.partial(batching.metrics_per_task, per_task, task_batching=task_batching)
-
-    return MetaLearner(
-        name="protonet" if distance == "euclidean" else "protonet_cosine",
-        init=init,
-        meta_grad=meta_grad,
-        evaluate=evaluate,
+    return common.loss_gradient_learner(
+        "protonet" if distance == "euclidean" else "protonet_cosine",
+        init,
+        train_task=per_task,
+        eval_task=per_task,
+        task_batching=task_batching,
     )
 
 

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.data.episodes import Episode
-from mmjax.meta import task_batching as batching
+from mmjax.meta import common, task_batching as batching
 from mmjax.meta.learner import MetaLearner, Params, register
 from mmjax.meta.protonet import embed_episode, prototypes
 
@@ -152,10 +152,9 @@ def relation_learner(
         }
 
     batching.resolve_task_batching(task_batching)
-    meta_grad = functools.partial(batching.grad_over_tasks, per_task, task_batching=task_batching)
-    evaluate = functools.partial(batching.metrics_per_task, per_task, task_batching=task_batching)
-
-    return MetaLearner(name="relationnet", init=init, meta_grad=meta_grad, evaluate=evaluate)
+    return common.loss_gradient_learner(
+        "relationnet", init, train_task=per_task, eval_task=per_task, task_batching=task_batching
+    )
 
 
 register("relationnet", relation_learner)

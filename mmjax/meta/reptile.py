@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from typing_extensions import Unpack
 
 from mmjax.data.episodes import Episode
 from mmjax.meta import common, task_batching as batching
@@ -64,10 +65,8 @@ def adapt_with_optimizer(
         common.check_settings(inner_lr=inner_lr, num_steps=num_steps)
         common.check_inner_lr(inner_lr, params)
         common.check_support(inputs, labels)
-        return common.sgd_steps(
-            params, inputs, labels, loss_fn=loss_fn, inner_lr=inner_lr, num_steps=num_steps,
-            first_order=True,
-        )  # fmt: skip
+        loop = common.SGDLoop(loss_fn, inner_lr, num_steps, first_order=True)
+        return common.sgd_steps(loop, params, inputs, labels)
     optimizer = optax.adam(inner_lr)
 
     def step(carry, _):
@@ -131,48 +130,41 @@ def pseudo_gradient(
 def reptile_learner(
     model: nn.Module,
     *,
-    inner_lr: float,
-    num_inner_steps: int,
-    eval_num_inner_steps: int | None = None,
     inner_optimizer: str = "sgd",
     adapt_on_query: bool = True,
-    task_batching: str | int = "auto",
+    **settings: Unpack[common.InnerLoopSettings],
 ) -> MetaLearner:
     """Reptile on ``model`` (``apply(params, inputs) -> [batch, ways]`` logits).
 
     Args:
       model: Flax classifier.
-      inner_lr: inner step size.
-      num_inner_steps: inner steps during meta-training.
-      eval_num_inner_steps: inner steps at evaluation (default ``num_inner_steps``).
       inner_optimizer: ``"sgd"`` or ``"adam"``.
       adapt_on_query: during meta-training, adapt on support ∪ query (Nichol et al. train on
         more shots than they test with); evaluation always adapts on the support set only.
-      task_batching: how the task batch is mapped
-        (:func:`mmjax.meta.task_batching.resolve_task_batching`).
+      **settings: the inner loop (:class:`~mmjax.meta.common.InnerLoopSettings`, without
+        ``first_order``: Reptile is first order).
     """
-    eval_steps = common.check_learner_settings(
-        inner_lr=inner_lr, num_inner_steps=num_inner_steps,
-        eval_num_inner_steps=eval_num_inner_steps, task_batching=task_batching,
-    )  # fmt: skip
+    inner = common.check_learner_settings(settings, first_order=False)
     check_inner_optimizer(inner_optimizer)
     loss_fn = common.classification_loss(model.apply)
-    settings = dict(loss_fn=loss_fn, inner_lr=inner_lr, inner_optimizer=inner_optimizer)
-    eval_adapt = functools.partial(adapt_with_optimizer, num_steps=eval_steps, **settings)
+    loop = dict(loss_fn=loss_fn, inner_lr=inner.inner_lr, inner_optimizer=inner_optimizer)
+    eval_adapt = functools.partial(
+        adapt_with_optimizer, num_steps=inner.eval_num_inner_steps, **loop
+    )
 
     def eval_per_task(params: Params, episode: Episode) -> dict:
         adapted, _ = eval_adapt(params, episode.support_inputs, episode.support_labels)
         return loss_fn(adapted, episode.query_inputs, episode.query_labels)[1]
 
-    grad = functools.partial(pseudo_gradient, num_steps=num_inner_steps, **settings)
+    grad = functools.partial(pseudo_gradient, num_steps=inner.num_inner_steps, **loop)
     return MetaLearner(
         name="reptile",
         init=model.init,
         meta_grad=functools.partial(
-            grad, adapt_on_query=adapt_on_query, task_batching=task_batching
+            grad, adapt_on_query=adapt_on_query, task_batching=inner.task_batching
         ),
         evaluate=functools.partial(
-            batching.map_over_tasks, eval_per_task, task_batching=task_batching
+            batching.map_over_tasks, eval_per_task, task_batching=inner.task_batching
         ),
     )
 
