@@ -143,7 +143,7 @@ def measure(spec: dict) -> dict:
     import jax
 
     from mmjax.meta import maml, make_step
-    from mmjax.meta.task_batching import resolve_task_batching
+    from mmjax.meta.task_batching import TASK_BATCHINGS, resolve_task_batching
     from mmjax.nn import resolve_conv_impl
 
     model, episodes, params, optimizer, opt_state = _build(spec)
@@ -793,14 +793,14 @@ def _check_args(args) -> None:
             raise ValueError(f"--{name} must be >= 1; got {getattr(args, name)}")
     if args.unroll < 0:
         raise ValueError(f"--unroll must be >= 0 (0: full); got {args.unroll}")
-    from mmjax.meta.task_batching import resolve_task_batching
+    from mmjax.meta.task_batching import TASK_BATCHINGS, resolve_task_batching
 
     value = int(args.task_batching) if args.task_batching.isdigit() else args.task_batching
     try:
         resolve_task_batching(value)  # the library's rule, one place
     except ValueError:
         raise ValueError(
-            f"--task_batching must be {', '.join(maml.TASK_BATCHINGS)} or an int >= 1; "
+            f"--task_batching must be {', '.join(TASK_BATCHINGS)} or an int >= 1; "
             f"got {args.task_batching!r}"
         ) from None
     args.task_batching = value

@@ -108,9 +108,7 @@ def head_only_task_loss(
     return scored.loss, scored.metrics
 
 
-def anil_learner(
-    model: nn.Module, **settings: Unpack[common.InnerLoopSettings]
-) -> MetaLearner:
+def anil_learner(model: nn.Module, **settings: Unpack[common.InnerLoopSettings]) -> MetaLearner:
     """ANIL on a ``Classifier`` ``model`` (head adapted in the inner loop, encoder frozen there).
 
     ``model``: ``Classifier(encoder, num_classes)``; ``settings``: the inner loop on the

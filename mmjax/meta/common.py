@@ -76,6 +76,7 @@ def classification_loss(apply_fn: Callable[[Params, chex.ArrayTree], chex.Array]
 
     return loss_fn
 
+
 def regression_loss(apply_fn: Callable[[Params, chex.ArrayTree], chex.Array]) -> LossFn:
     """Mean squared error loss ``(params, inputs, targets: [n]) -> (loss, {"loss", "mse"})``.
 
@@ -319,9 +320,7 @@ class Scored(NamedTuple):
     adapted: Params
 
 
-def adapt_and_score(
-    adapt: AdaptFn, score: LossFn, params: Params, episode: Episode
-) -> Scored:
+def adapt_and_score(adapt: AdaptFn, score: LossFn, params: Params, episode: Episode) -> Scored:
     """Adapts ``params`` on ``episode``'s support set, then scores its query set.
 
     Args:

@@ -56,7 +56,7 @@ def adapt(
         memory stays flat as ``num_steps`` grows, at the cost of recomputation.
       unroll: ``lax.scan`` unroll factor of the inner loop (``True``: fully unrolled). Same
         result; fully unrolled, XLA's ``cost_analysis()`` counts every inner step (a rolled
-        loop's body is counted once), and small loops may run faster on CPU.
+        loop's body is counted once); ``benchmarks/maml_orders.py --unroll`` times it.
       signed_rates: accept negative per-parameter rates (Meta-SGD's meta-learned ones); by
         default every concrete rate must be finite and ``> 0`` (NaN/inf are always refused).
       meta_gradient: ``"exact"``, ``"first_order"``, ``"truncated"``, ``"implicit"`` or a
@@ -64,7 +64,7 @@ def adapt(
 
     Returns:
       ``(adapted_params, losses)`` with ``losses: [num_steps]`` the support loss before
-      each step.
+      each step (shape ``[0]`` with ``num_steps=0``: nothing is adapted).
     """
     common.check_settings(inner_lr=inner_lr, num_steps=num_steps, signed=signed_rates)
     common.check_inner_lr(inner_lr, params, signed=signed_rates)
@@ -125,7 +125,9 @@ def task_loss(
             meta_gradient, first_order=settings.pop("first_order", False)
         )
         if spec.annealed:
-            loss_of = lambda mode_spec, p: task_loss(p, episode, meta_gradient=mode_spec, **settings)
+            loss_of = lambda mode_spec, p: task_loss(
+                p, episode, meta_gradient=mode_spec, **settings
+            )
             return meta_gradients.anneal_order(spec, meta_step, loss_of, params)
         settings["meta_gradient"] = spec
     adapt_fn = functools.partial(adapt, **settings)

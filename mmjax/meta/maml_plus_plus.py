@@ -259,7 +259,11 @@ def mamlpp_learner(
                 step, num_steps=num_inner_steps, anneal_steps=multi_step_anneal_steps
             )
         per_task = functools.partial(
-            multi_step_task_loss, step_weights=weights, meta_gradient=spec, meta_step=meta_step, **settings
+            multi_step_task_loss,
+            step_weights=weights,
+            meta_gradient=spec,
+            meta_step=meta_step,
+            **settings,
         )
         return batching.grad_over_tasks(per_task, meta_params, episodes, task_batching)
 

@@ -65,9 +65,7 @@ def learned_rates_task_loss(
     )
 
 
-def metasgd_learner(
-    model: nn.Module, **settings: Unpack[common.InnerLoopSettings]
-) -> MetaLearner:
+def metasgd_learner(model: nn.Module, **settings: Unpack[common.InnerLoopSettings]) -> MetaLearner:
     """Meta-SGD on ``model`` (``apply(params, inputs) -> [batch, ways]`` logits).
 
     ``settings``: :class:`~mmjax.meta.common.InnerLoopSettings`, with the defaults

@@ -125,7 +125,11 @@ def protonet_learner(
         raise ValueError(f"ways must be an int >= 1 (or model.num_classes); got {ways!r}")
     embedder = _embedder(model)
     per_task = functools.partial(
-        prototype_task_loss, embed=embedder.apply, ways=ways, distance=distance, learn_scale=learn_scale
+        prototype_task_loss,
+        embed=embedder.apply,
+        ways=ways,
+        distance=distance,
+        learn_scale=learn_scale,
     )
 
     def init(key: chex.PRNGKey, example_inputs: chex.ArrayTree) -> Params:

@@ -133,8 +133,7 @@ def make_step(
         )
     if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
         raise TypeError(
-            "optimizer must be an optax.GradientTransformation; got "
-            f"{type(optimizer).__name__}"
+            f"optimizer must be an optax.GradientTransformation; got {type(optimizer).__name__}"
         )
     for name, value in (("donate", donate), ("skip_nonfinite", skip_nonfinite), ("jit", jit)):
         if not isinstance(value, bool):

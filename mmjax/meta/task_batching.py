@@ -33,11 +33,10 @@ def resolve_task_batching(task_batching: str | int) -> str | int:
     (a gradient is accumulated in the carry, so only one task's activations are alive); an
     int ``n`` scans over chunks of ``n`` tasks, vmapped inside a chunk. All give the same
     result up to float rounding. ``"auto"`` is ``"scan"`` on a single CPU device, where
-    one task's working set stays in cache (faster, and far less XLA temporary memory, than
-    ``vmap``; ``benchmarks/maml_orders.py --task_batching scan`` and ``vmap`` measure
-    both), and
-    ``"vmap"`` elsewhere: on accelerators, and on several devices, where the task axis
-    is what ``jit`` shards (a scanned axis cannot be split over devices).
+    one task's working set stays in cache (time and XLA temporary memory of both:
+    ``benchmarks/maml_orders.py --task_batching scan``, and ``vmap``), and ``"vmap"``
+    elsewhere: on accelerators, and on several devices, where the task axis is what
+    ``jit`` shards (a scanned axis cannot be split over devices).
     """
     if isinstance(task_batching, bool):
         raise ValueError(

@@ -107,7 +107,9 @@ def train_regression(
         def step(carry, step_key):
             params, opt_state = carry
             episodes, _ = sample(step_key)
-            params, opt_state, metrics = meta_update(learner, optimizer, params, opt_state, episodes)
+            params, opt_state, metrics = meta_update(
+                learner, optimizer, params, opt_state, episodes
+            )
             return (params, opt_state), metrics["loss"]
 
         (params, opt_state), losses = jax.lax.scan(

@@ -29,7 +29,11 @@ def test_prologue_returns_the_checked_settings_with_defaults():
         (dict(inner_lr=0.0, num_inner_steps=1), ValueError, r"inner_lr must be > 0; got 0.0"),
         (dict(inner_lr=float("nan"), num_inner_steps=1), ValueError, "inner_lr must be finite"),
         (dict(inner_lr="0.4", num_inner_steps=1), TypeError, r"inner_lr must be a number > 0"),
-        (dict(inner_lr=0.4, num_inner_steps=-1), ValueError, r"num_steps must be an int >= 0; got -1"),
+        (
+            dict(inner_lr=0.4, num_inner_steps=-1),
+            ValueError,
+            r"num_steps must be an int >= 0; got -1",
+        ),
         (dict(inner_lr=0.4, num_inner_steps=True), ValueError, r"num_steps must be an int >= 0"),
         (
             dict(inner_lr=0.4, num_inner_steps=1, eval_num_inner_steps=2.5),

@@ -18,7 +18,9 @@ STEPS = 3
 
 
 def _mpp_grad(loss_fn, meta_params, episode, **settings):
-    loss = lambda p: mpp.multi_step_task_loss(p, episode, loss_fn=loss_fn, num_steps=STEPS, **settings)[0]
+    loss = lambda p: mpp.multi_step_task_loss(
+        p, episode, loss_fn=loss_fn, num_steps=STEPS, **settings
+    )[0]
     return jax.grad(loss)(meta_params)
 
 
@@ -34,7 +36,9 @@ def test_lslr_with_equal_rates_is_plain_maml_and_its_rates_get_a_gradient():
         chex.assert_trees_all_close(grads["model"], plain, rtol=1e-10, atol=1e-13)
         assert all(float(jnp.abs(g).max()) > 1e-6 for g in jax.tree.leaves(grads["inner_lr"]))
         loss = jax.jit(
-            lambda m: mpp.multi_step_task_loss(m, episode, loss_fn=loss_fn, num_steps=STEPS, lslr=True)[0]
+            lambda m: mpp.multi_step_task_loss(
+                m, episode, loss_fn=loss_fn, num_steps=STEPS, lslr=True
+            )[0]
         )(meta)
         plain_loss = jax.jit(
             lambda p: maml.task_loss(p, episode, loss_fn=loss_fn, inner_lr=0.4, num_steps=STEPS)[0]
