@@ -163,7 +163,8 @@ def mean_over_tasks(
 ) -> tuple[chex.Array, dict]:
     """Lifts ``per_task(params, episode) -> (loss, metrics)`` to a task batch.
 
-    Returns the mean loss and mean metrics over the leading task axis of ``episodes``
+    ``episodes`` leaves are ``[tasks, ...]``; ``per_task`` returns a scalar loss and a dict of
+    scalar metrics for one task. Returns the mean loss ``[]`` and mean metrics over the tasks
     (mapped over by ``task_batching``, see :func:`resolve_task_batching`).
     """
     losses, metrics = map_over_tasks(per_task, params, episodes, task_batching)

@@ -146,4 +146,6 @@ def test_bad_task_batching_is_refused_before_tracing(value, message):
     with pytest.raises(ValueError, match=message):
         make_learner("maml", model, inner_lr=0.4, num_inner_steps=1, task_batching=value)
     with pytest.raises(ValueError, match=message):
-        common.check_learner_settings(inner_lr=0.4, num_inner_steps=1, task_batching=value)
+        common.check_learner_settings(
+            {"inner_lr": 0.4, "num_inner_steps": 1, "task_batching": value}
+        )
