@@ -143,7 +143,7 @@ def measure(spec: dict) -> dict:
     import jax
 
     from mmjax.meta import maml, make_step
-    from mmjax.meta.task_batching import TASK_BATCHINGS, resolve_task_batching
+    from mmjax.meta.task_batching import resolve_task_batching
     from mmjax.nn import resolve_conv_impl
 
     model, episodes, params, optimizer, opt_state = _build(spec)
