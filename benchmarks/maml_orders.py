@@ -43,6 +43,7 @@ and ``OUT/time_vs_inner_steps.png``, ``OUT/memory_vs_inner_steps.png``.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import itertools
 import json
@@ -145,31 +146,29 @@ def measure(spec: dict) -> dict:
     """Times, compiles, counts and sizes one configuration in this process."""
     import jax
 
-    from mmjax.meta import maml
+    from mmjax.meta import maml, make_step
+    from mmjax.meta.task_batching import resolve_task_batching
     from mmjax.nn.conv import resolve_conv_impl
     from mmjax.train.throughput import device_peak_bytes
 
     model, episodes, params, optimizer, opt_state = _build(spec)
-    settings = dict(
+    learner = functools.partial(
+        maml.maml_learner,
+        model,
         inner_lr=spec.get("inner_lr", 0.4),
-        num_steps=spec["inner_steps"],
+        num_inner_steps=spec["inner_steps"],
         remat=spec["remat"],
         **meta_gradient_settings(spec),
     )
-    loss_fn = maml.classification_loss(model.apply)
     # FLOPs: lower (no compile) with the inner loop unrolled and the tasks vmapped, so every
     # inner step and every task counts (a scan's body is counted once); same computation.
-    unrolled = maml.make_meta_train_step(
-        loss_fn, optimizer, unroll=True, jit=False, task_batching="vmap", **settings
-    )
+    unrolled = make_step(learner(unroll=True, task_batching="vmap"), optimizer, jit=False)
     cost = jax.jit(unrolled).lower(params, opt_state, episodes).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
 
     task_batching = spec.get("task_batching", "auto")  # a chunk size arrives as an int
-    step = maml.make_meta_train_step(
-        loss_fn, optimizer, unroll=spec["unroll"], task_batching=task_batching, **settings
-    )
+    step = make_step(learner(unroll=spec["unroll"], task_batching=task_batching), optimizer)
     start = time.perf_counter()
     compiled = step.lower(params, opt_state, episodes).compile()
     compile_s = time.perf_counter() - start
@@ -188,7 +187,7 @@ def measure(spec: dict) -> dict:
     return dict(
         spec,
         conv_impl_resolved=resolve_conv_impl(spec["conv_impl"]),
-        task_batching_resolved=maml.resolve_task_batching(task_batching),
+        task_batching_resolved=resolve_task_batching(task_batching),
         backend=jax.default_backend(),
         device=str(jax.devices()[0].device_kind),
         jax=jax.__version__,
@@ -255,7 +254,7 @@ def train_accuracy(spec: dict) -> dict:
 
 
 def meta_gradient_settings(spec: dict) -> dict:
-    """``make_meta_train_step`` settings of the row's mode (``spec["order"]``, one of MODES).
+    """``maml_learner`` settings of the row's mode (``spec["order"]``, one of MODES).
 
     ``"truncated"`` differentiates the last ``min(spec["truncate"], inner_steps)`` steps;
     ``"implicit"`` uses ``spec["lam"]`` and ``spec["cg_steps"]``.
@@ -310,13 +309,14 @@ def gradient_quality(spec: dict) -> list[dict]:
     import numpy as np
     import optax
 
-    from mmjax.meta import maml
+    from mmjax.meta import maml, make_step
 
     model, episodes, params = _quality_episodes(spec)
     loss_fn = maml.classification_loss(model.apply)
     optimizer = optax.adam(1e-3)
-    train_step = maml.make_meta_train_step(
-        loss_fn, optimizer, inner_lr=0.4, num_steps=1, task_batching="vmap"
+    train_step = make_step(
+        maml.maml_learner(model, inner_lr=0.4, num_inner_steps=1, task_batching="vmap"),
+        optimizer,
     )
     trained, opt_state = jax.tree.map(jnp.copy, params), optimizer.init(params)
     for _ in range(spec["quality_train_steps"]):
@@ -379,6 +379,7 @@ def _unrolled_proximal_grad(loss_fn, params, episodes, steps: int, lam: float):
     import numpy as np
 
     from mmjax.meta import maml
+    from mmjax.meta.task_batching import grad_over_tasks
 
     def per_task(theta, episode):
         def proximal(phi, inputs, labels):
@@ -398,7 +399,7 @@ def _unrolled_proximal_grad(loss_fn, params, episodes, steps: int, lam: float):
         )
         return loss_fn(adapted, episode.query_inputs, episode.query_labels)
 
-    grads, _ = jax.jit(lambda p: maml.grad_over_tasks(per_task, p, episodes, "vmap"))(params)
+    grads, _ = jax.jit(lambda p: grad_over_tasks(per_task, p, episodes, "vmap"))(params)
     return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(grads)])
 
 
@@ -722,7 +723,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--task_batching",
         default="auto",
-        help="auto, vmap, scan or a chunk size (mmjax.meta.maml.resolve_task_batching)",
+        help="auto, vmap, scan or a chunk size (mmjax.meta.task_batching.resolve_task_batching)",
     )
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--image_size", type=int, default=28)
@@ -798,14 +799,14 @@ def _check_args(args) -> None:
             raise ValueError(f"--{name} must be >= 1; got {getattr(args, name)}")
     if args.unroll < 0:
         raise ValueError(f"--unroll must be >= 0 (0: full); got {args.unroll}")
-    from mmjax.meta import maml
+    from mmjax.meta.task_batching import TASK_BATCHINGS, resolve_task_batching
 
     value = int(args.task_batching) if args.task_batching.isdigit() else args.task_batching
     try:
-        maml.resolve_task_batching(value)  # the library's rule, one place
+        resolve_task_batching(value)  # the library's rule, one place
     except ValueError:
         raise ValueError(
-            f"--task_batching must be {', '.join(maml.TASK_BATCHINGS)} or an int >= 1; "
+            f"--task_batching must be {', '.join(TASK_BATCHINGS)} or an int >= 1; "
             f"got {args.task_batching!r}"
         ) from None
     args.task_batching = value

@@ -274,10 +274,10 @@ CASES = [
                           inner_lr=jax.tree.map(lambda x: jnp.ones(x.shape + (2,)), p)),
      ValueError, r"inner_lr leaf .* has shape .*; expected \(\) or"),
     ("meta step steps",
-     lambda p: meta.make_meta_train_step(_loss(), optax.sgd(0.1), inner_lr=0.1, num_steps=1.5),
+     lambda p: meta.make_step(meta.maml_learner(MODEL, inner_lr=0.1, num_inner_steps=1.5), optax.sgd(0.1)),
      ValueError, r"num_steps must be an int >= 0; got 1.5"),
     ("meta step rate",
-     lambda p: meta.make_meta_train_step(_loss(), optax.sgd(0.1), inner_lr=-1.0, num_steps=1),
+     lambda p: meta.make_step(meta.maml_learner(MODEL, inner_lr=-1.0, num_inner_steps=1), optax.sgd(0.1)),
      ValueError, r"inner_lr must be > 0; got -1.0"),
     ("query labels above ways", lambda p: _loss()(p, X, Y + 7),
      ValueError, (r"labels must be class ids in \[0, 3\) \(the logits' 3 classes: the model's "
@@ -289,30 +289,30 @@ CASES = [
      ValueError, (r"labels must be class ids in \[0, 3\) \(the logits' 3 classes: the model's "
                   r"ways\); got values \[3, 4\] \(first at index \(3,\)\)")),
     ("meta_loss query labels absent from support",
-     lambda p: meta.meta_loss(p, TASKS._replace(query_labels=TASKS.query_labels + 7),
+     lambda p: meta.maml.meta_loss(p, TASKS._replace(query_labels=TASKS.query_labels + 7),
                               loss_fn=_loss(), **SETTINGS),
      ValueError, (r"episodes.query_labels of task 0 hold \[7, 8, 9\], absent from its "
                   r"support_labels \[0, 1, 2\]")),
     ("meta_grad negative support labels",
-     lambda p: meta.meta_grad(p, TASKS._replace(support_labels=TASKS.support_labels - 3),
+     lambda p: meta.maml.meta_grad(p, TASKS._replace(support_labels=TASKS.support_labels - 3),
                               loss_fn=_loss(), **SETTINGS),
      ValueError, (r"episodes.support_labels must be class ids in \[0, ways\); got negative "
                   r"values \[-3, -2, -1\]")),
     ("meta_loss without task axis",
-     lambda p: meta.meta_loss(p, ONE_TASK, loss_fn=_loss(), **SETTINGS),
+     lambda p: meta.maml.meta_loss(p, ONE_TASK, loss_fn=_loss(), **SETTINGS),
      ValueError, (r"episodes.support_labels has shape \(6,\); expected \[tasks, support_size\]: "
                   r"a batch of episodes has a leading task axis on every leaf \(for one Episode "
                   r"use task_loss")),
     ("meta_grad without task axis",
-     lambda p: meta.meta_grad(p, ONE_TASK, loss_fn=_loss(), **SETTINGS),
+     lambda p: meta.maml.meta_grad(p, ONE_TASK, loss_fn=_loss(), **SETTINGS),
      ValueError, r"episodes.support_labels has shape \(6,\); expected \[tasks, support_size\]"),
     ("meta_loss task counts differ",
-     lambda p: meta.meta_loss(p, TASKS._replace(query_inputs=jnp.ones((3, 6, 5))),
+     lambda p: meta.maml.meta_loss(p, TASKS._replace(query_inputs=jnp.ones((3, 6, 5))),
                               loss_fn=_loss(), **SETTINGS),
      ValueError, (r"episodes.query_inputs has shape \(3, 6, 5\); expected \[tasks, query_size, "
                   r"...\] = \[2, 6, ...\] \(axes 0 and 1 of episodes.query_labels\)")),
     ("task_loss given a task batch",
-     lambda p: meta.task_loss(p, TASKS, loss_fn=_loss(), **SETTINGS),
+     lambda p: meta.maml.task_loss(p, TASKS, loss_fn=_loss(), **SETTINGS),
      ValueError, (r"episode.support_labels has shape \(2, 6\); expected \[examples\]: task_loss "
                   r"takes one Episode without a task axis")),
     ("params for other inputs", lambda p: _loss()(p, jnp.ones((6, 7)), Y),
@@ -322,14 +322,14 @@ CASES = [
      lambda p: meta.adapt(p, X, Y, loss_fn=_loss(), inner_lr=float("inf"), num_steps=1),
      ValueError, r"inner_lr must be finite; got inf"),
     ("nan rate",
-     lambda p: meta.make_meta_train_step(_loss(), optax.sgd(0.1), inner_lr=np.nan, num_steps=1),
+     lambda p: meta.make_step(meta.maml_learner(MODEL, inner_lr=np.nan, num_inner_steps=1), optax.sgd(0.1)),
      ValueError, r"inner_lr must be finite; got nan"),
     ("string rate",
      lambda p: meta.adapt(p, X, Y, loss_fn=_loss(), inner_lr="0.4", num_steps=1),
      TypeError, (r"inner_lr must be a number > 0 or a pytree of per-parameter rates shaped like "
                  r"params; got '0.4' \(str\)")),
     ("meta step string rate",
-     lambda p: meta.make_meta_train_step(_loss(), optax.sgd(0.1), inner_lr="0.4", num_steps=1),
+     lambda p: meta.make_step(meta.maml_learner(MODEL, inner_lr="0.4", num_inner_steps=1), optax.sgd(0.1)),
      TypeError, r"inner_lr must be a number > 0 .*; got '0.4' \(str\)"),
     ("negative per-parameter rate",
      lambda p: meta.adapt(p, X, Y, loss_fn=_loss(), inner_lr=_rates(-0.1), num_steps=1),
@@ -341,8 +341,8 @@ CASES = [
      ValueError, (r"inner_lr leaf \['params'\]\['encoder'\]\['Dense_0'\]\['bias'\] must hold "
                   r"finite rates > 0; got 4 that are not, e.g. \[nan, nan, nan, nan\]")),
     ("meta step per-parameter rate",
-     lambda p: meta.make_meta_train_step(_loss(), optax.sgd(0.1), inner_lr=_rates(0.0),
-                                         num_steps=1),
+     lambda p: meta.make_step(meta.maml_learner(MODEL, inner_lr=_rates(0.0), num_inner_steps=1),
+                              optax.sgd(0.1)),
      ValueError, (r"inner_lr leaf \['params'\]\['encoder'\]\['Dense_0'\]\['bias'\] must hold "
                   r"finite rates > 0; got 1 that are not, e.g. \[0.0\]")),
     ("metasgd initial rates",
@@ -361,7 +361,7 @@ CASES = [
      ValueError, r"distance='cos' is not one of euclidean, cosine"),
     ("mesh devices", lambda p: meta.task_mesh([]),
      ValueError, r"devices must be a non-empty 1-D sequence of jax devices; got shape \(0,\)"),
-    ("pmap batch", lambda p: meta.shard_for_pmap(jnp.zeros((5, 2)), 2),
+    ("pmap batch", lambda p: meta.parallel.shard_for_pmap(jnp.zeros((5, 2)), 2),
      ValueError, r"meta batch size 5 is not divisible by the 2 devices"),
     # --- representation ---
     ("info_nce one pair",
@@ -533,7 +533,7 @@ def test_traced_fusion_mask_counts_any_nonzero_as_present():
 def test_metasgd_learned_rates_may_be_negative(params):
     """Only initial rates must be > 0: Meta-SGD learns the update direction too."""
     rates = jax.tree.map(lambda x: -0.1 * jnp.ones_like(x), params)
-    loss, _ = meta.metasgd.task_loss(
+    loss, _ = meta.metasgd.learned_rates_task_loss(
         {"model": params, "inner_lr": rates}, ONE_TASK, loss_fn=_loss(), num_steps=0
     )
     assert np.isfinite(loss)
@@ -547,26 +547,27 @@ def _builders():
     """(name, build(**kwargs) -> step(params, opt_state, episodes), leading device axis)."""
     devices = 2
 
+    learner = meta.maml_learner(MODEL, inner_lr=0.1, num_inner_steps=1)
+
     def pmap(**kwargs):
-        step = meta.make_pmap_meta_train_step(_loss(), optax.sgd(0.1), **kwargs, **SETTINGS)
+        step = meta.make_step(learner, optax.sgd(0.1), pmap_axis_name="devices", **kwargs)
 
         def replicate(tree):
             return jax.tree.map(lambda x: jnp.stack([x] * devices), tree)
 
-        return lambda p, o, e: step(replicate(p), replicate(o), meta.shard_for_pmap(e, devices))
+        shard = meta.parallel.shard_for_pmap
+        return lambda p, o, e: step(replicate(p), replicate(o), shard(e, devices))
 
     def sharded(**kwargs):
-        step, place_episodes, place_replicated = meta.make_sharded_meta_train_step(
-            _loss(),
-            optax.sgd(0.1),
-            mesh=meta.task_mesh(jax.devices()[:devices]),
-            **kwargs,
-            **SETTINGS,
+        mesh = meta.task_mesh(jax.devices()[:devices])
+        step = meta.make_step(learner, optax.sgd(0.1), mesh=mesh, **kwargs)
+        place = meta.parallel.place_replicated
+        return lambda p, o, e: step(
+            place(p, mesh), place(o, mesh), meta.parallel.place_tasks(e, mesh)
         )
-        return lambda p, o, e: step(place_replicated(p), place_replicated(o), place_episodes(e))
 
     def single(**kwargs):
-        return meta.make_meta_train_step(_loss(), optax.sgd(0.1), **kwargs, **SETTINGS)
+        return meta.make_step(learner, optax.sgd(0.1), **kwargs)
 
     return [("jit", single, False), ("pmap", pmap, True), ("sharded", sharded, False)]
 

@@ -13,10 +13,12 @@ import functools
 
 import chex
 import flax.linen as nn
+from typing_extensions import Unpack
 
 from mmjax.data.episodes import Episode
-from mmjax.meta import maml
-from mmjax.meta.learner import MetaLearner, Params, register
+from mmjax.meta import common, maml
+from mmjax.meta.common import Params
+from mmjax.meta.learner import MetaLearner, register
 
 
 def _check_classifier_params(params: Params) -> None:
@@ -66,21 +68,23 @@ def adapt_head(
       ``losses: [num_steps]`` support losses before each step.
     """
     _check_classifier_params(params)
-    features = encode(model, params, inputs)
-    head_loss = maml.classification_loss(lambda head, x: head_logits(model, head, x))
-    head, losses = maml.adapt(
-        params["params"]["head"],
-        features,
-        labels,
-        loss_fn=head_loss,
-        inner_lr=inner_lr,
-        num_steps=num_steps,
-        first_order=first_order,
-    )
+    head, losses = _head_inner_loop(model, inner_lr=inner_lr, num_steps=num_steps,
+                                    first_order=first_order)(
+        params["params"]["head"], encode(model, params, inputs), labels
+    )  # fmt: skip
     return with_head(params, head), losses
 
 
-def task_loss(
+def _head_loss(model: nn.Module) -> common.LossFn:
+    return common.classification_loss(lambda head, x: head_logits(model, head, x))
+
+
+def _head_inner_loop(model: nn.Module, **settings) -> common.AdaptFn:
+    """``(head, features, labels) -> (adapted_head, losses)``: MAML's inner loop on the head."""
+    return functools.partial(maml.adapt, loss_fn=_head_loss(model), **settings)
+
+
+def head_only_task_loss(
     params: Params,
     episode: Episode,
     *,
@@ -89,83 +93,41 @@ def task_loss(
     num_steps: int,
     first_order: bool = False,
 ) -> tuple[chex.Array, dict]:
-    """Head-only adaptation on the support set, then the query loss and metrics of one task."""
+    """Head-only adaptation on the support set, then the query loss and metrics of one task.
+
+    ``episode``: one task (no task axis); returns a scalar loss and metrics (``loss``,
+    ``accuracy`` and, with ``num_steps > 0``, ``support_loss``).
+    """
     _check_classifier_params(params)
-    support = encode(model, params, episode.support_inputs)
-    query = encode(model, params, episode.query_inputs)
-    head_loss = maml.classification_loss(lambda head, x: head_logits(model, head, x))
-    head, losses = maml.adapt(
-        params["params"]["head"],
-        support,
-        episode.support_labels,
-        loss_fn=head_loss,
-        inner_lr=inner_lr,
-        num_steps=num_steps,
-        first_order=first_order,
+    features = episode._replace(
+        support_inputs=encode(model, params, episode.support_inputs),
+        query_inputs=encode(model, params, episode.query_inputs),
     )
-    loss, metrics = head_loss(head, query, episode.query_labels)
-    metrics = dict(metrics)
-    if num_steps > 0:
-        metrics["support_loss"] = losses[0]
-    return loss, metrics
+    adapt = _head_inner_loop(model, inner_lr=inner_lr, num_steps=num_steps, first_order=first_order)
+    scored = common.adapt_and_score(adapt, _head_loss(model), params["params"]["head"], features)
+    return scored.loss, scored.metrics
 
 
-def meta_loss(
-    params: Params, episodes: Episode, *, task_batching: str | int = "auto", **kwargs
-) -> tuple[chex.Array, dict]:
-    """Mean ANIL query loss over a task batch (leading task axis, mapped by ``task_batching``)."""
-    per_task = functools.partial(task_loss, **kwargs)
-    return maml.mean_over_tasks(per_task, params, episodes, task_batching)
-
-
-def meta_grad(
-    params: Params, episodes: Episode, *, task_batching: str | int = "auto", **kwargs
-) -> tuple[Params, dict]:
-    """Gradient of :func:`meta_loss` w.r.t. encoder and head initialisation, and metrics."""
-    per_task = functools.partial(task_loss, **kwargs)
-    return maml.grad_over_tasks(per_task, params, episodes, task_batching)
-
-
-def anil_learner(
-    model: nn.Module,
-    *,
-    inner_lr: float,
-    num_inner_steps: int,
-    eval_num_inner_steps: int | None = None,
-    first_order: bool = False,
-    task_batching: str | int = "auto",
-) -> MetaLearner:
+def anil_learner(model: nn.Module, **settings: Unpack[common.InnerLoopSettings]) -> MetaLearner:
     """ANIL on a ``Classifier`` ``model`` (head adapted in the inner loop, encoder frozen there).
 
-    Args:
-      model: ``Classifier(encoder, num_classes)``.
-      inner_lr: head SGD step size.
-      num_inner_steps: inner steps during meta-training.
-      eval_num_inner_steps: inner steps at evaluation (default ``num_inner_steps``).
-      first_order: stop gradients through the inner gradients.
-      task_batching: how the task batch is mapped
-        (:func:`mmjax.meta.maml.resolve_task_batching`).
+    ``model``: ``Classifier(encoder, num_classes)``; ``settings``: the inner loop on the
+    head (:class:`~mmjax.meta.common.InnerLoopSettings`).
     """
-    maml._check_settings(inner_lr=inner_lr, num_steps=num_inner_steps)
-    eval_steps = num_inner_steps if eval_num_inner_steps is None else eval_num_inner_steps
-    maml._check_settings(inner_lr=inner_lr, num_steps=eval_steps)
-    maml.resolve_task_batching(task_batching)
+    inner = common.check_learner_settings(settings)
     if not hasattr(model, "encoder") or not hasattr(model, "num_classes"):
         raise ValueError(
             f"ANIL needs a Classifier(encoder, num_classes); got {type(model).__name__}"
         )
-    settings = dict(model=model, inner_lr=inner_lr, first_order=first_order)
-    per_task = functools.partial(task_loss, num_steps=eval_steps, **settings)
-
-    evaluate = functools.partial(maml.metrics_per_task, per_task, task_batching=task_batching)
-
-    return MetaLearner(
-        name="anil",
-        init=model.init,
-        meta_grad=functools.partial(
-            meta_grad, num_steps=num_inner_steps, task_batching=task_batching, **settings
-        ),
-        evaluate=evaluate,
+    per_task = functools.partial(
+        head_only_task_loss, model=model, inner_lr=inner.inner_lr, first_order=inner.first_order
+    )
+    return common.loss_gradient_learner(
+        "anil",
+        model.init,
+        train_task=functools.partial(per_task, num_steps=inner.num_inner_steps),
+        eval_task=functools.partial(per_task, num_steps=inner.eval_num_inner_steps),
+        task_batching=inner.task_batching,
     )
 
 

@@ -17,23 +17,20 @@ one ``scale``/``bias`` per layer, shared by every inner step.
 from __future__ import annotations
 
 import functools
-from typing import Any
-
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from mmjax.data.episodes import Episode
-from mmjax.meta import batch_norm_eval, maml, meta_gradients
+from mmjax.meta import batch_norm_eval, common, meta_gradients, task_batching as batching
+from mmjax.meta.common import Params
 from mmjax.meta.learner import MetaLearner, register
-
-Params = Any
 
 
 def init_lslr(params: Params, *, num_steps: int, inner_lr: float) -> Params:
     """Per-layer per-step rates: every leaf of ``params`` becomes ``[num_steps]`` of ``inner_lr``."""
-    maml._check_settings(inner_lr=inner_lr, num_steps=num_steps)
+    common.check_settings(inner_lr=inner_lr, num_steps=num_steps)
     return jax.tree.map(lambda p: jnp.full((num_steps,), inner_lr, jnp.result_type(p)), params)
 
 
@@ -61,11 +58,11 @@ def multi_step_weights(
     return jnp.where(last, final, early)
 
 
-def adapt(
+def adapt_per_step(
     params: Params,
     episode: Episode,
     *,
-    loss_fn: maml.LossFn,
+    loss_fn: common.LossFn,
     inner_lr: float | Params,
     num_steps: int,
     lslr: bool,
@@ -90,7 +87,7 @@ def adapt(
       ``(adapted, support_losses, query_losses)``, the losses ``[num_steps]`` (support
       before each step, query after each; zeros when ``query_losses`` is false).
     """
-    maml._check_settings(inner_lr=0.1 if lslr else inner_lr, num_steps=num_steps)
+    common.check_settings(inner_lr=0.1 if lslr else inner_lr, num_steps=num_steps)
     if lslr:
         _check_lslr(inner_lr, params, num_steps)
     support = (episode.support_inputs, episode.support_labels)
@@ -99,7 +96,7 @@ def adapt(
         (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(current, *support)
         if first_order:
             grads = jax.lax.stop_gradient(grads)
-        current = maml._sgd_update(current, grads, lr)
+        current = common.sgd_update(current, grads, lr)
         query = (
             loss_fn(current, episode.query_inputs, episode.query_labels)[0]
             if query_losses
@@ -127,11 +124,11 @@ def adapt(
     return params, support_losses, jnp.concatenate([q for _, q in losses])
 
 
-def task_loss(
+def multi_step_task_loss(
     meta_params: Params,
     episode: Episode,
     *,
-    loss_fn: maml.LossFn,
+    loss_fn: common.LossFn,
     inner_lr: float = 0.4,
     num_steps: int,
     lslr: bool = True,
@@ -159,20 +156,17 @@ def task_loss(
         raise ValueError("meta_gradient='implicit' is not defined for MAML++'s inner loop")
     meta_gradients.check_num_steps(spec, num_steps)
     if spec.annealed:
-        early = meta_gradients.annealed_first_order(spec, meta_step)
         settings = {"loss_fn": loss_fn, "inner_lr": inner_lr, "num_steps": num_steps}
         settings.update(lslr=lslr, step_weights=step_weights)
-
-        def branch(mode):
-            mode_spec = spec._replace(mode=mode, first_order_until=0)
-            return lambda p: task_loss(p, episode, meta_gradient=mode_spec, **settings)
-
-        return jax.lax.cond(early, branch("first_order"), branch(spec.mode), meta_params)
+        loss_of = lambda mode_spec, p: multi_step_task_loss(
+            p, episode, meta_gradient=mode_spec, **settings
+        )
+        return meta_gradients.anneal_order(spec, meta_step, loss_of, meta_params)
     exact_steps = {"exact": num_steps, "first_order": 0}.get(spec.mode, spec.truncate)
     params, rates = (
         (meta_params["model"], meta_params["inner_lr"]) if lslr else (meta_params, inner_lr)
     )
-    adapted, support_losses, query_losses = adapt(
+    adapted, support_losses, query_losses = adapt_per_step(
         params,
         episode,
         loss_fn=loss_fn,
@@ -229,25 +223,24 @@ def mamlpp_learner(
         ``multi_step_anneal_steps`` meta-steps (:func:`multi_step_weights`).
       meta_gradient, truncate, first_order_until: see
         :mod:`mmjax.meta.meta_gradients` (``first_order_until``: derivative-order annealing).
-      task_batching: :func:`mmjax.meta.maml.resolve_task_batching`.
+      task_batching: :func:`mmjax.meta.task_batching.resolve_task_batching`.
       eval_batch_norm: query batching at evaluation (:mod:`mmjax.meta.batch_norm_eval`).
 
     The learner's ``meta_grad`` takes ``meta_step=`` (the loop passes it) when the loss
     weights or the derivative order are annealed; without it the weights are those of
     meta-step 0.
     """
-    maml._check_settings(inner_lr=inner_lr, num_steps=num_inner_steps)
+    common.check_settings(inner_lr=inner_lr, num_steps=num_inner_steps)
     spec = meta_gradients.meta_gradient_spec(
         meta_gradient, truncate=truncate, first_order_until=first_order_until
     )
     if spec.mode == "implicit":
         raise ValueError("meta_gradient='implicit' is not defined for MAML++'s inner loop")
     meta_gradients.check_num_steps(spec, num_inner_steps)
-    maml.resolve_task_batching(task_batching)
     batch_norm_eval.check_eval_batch_norm(eval_batch_norm)
     if multi_step_loss and num_inner_steps < 1:
         raise ValueError("multi_step_loss needs num_inner_steps >= 1")
-    loss_fn = maml.classification_loss(model.apply)
+    loss_fn = common.classification_loss(model.apply)
     settings = {"loss_fn": loss_fn, "inner_lr": inner_lr, "num_steps": num_inner_steps}
     settings["lslr"] = lslr
 
@@ -266,29 +259,36 @@ def mamlpp_learner(
                 step, num_steps=num_inner_steps, anneal_steps=multi_step_anneal_steps
             )
         per_task = functools.partial(
-            task_loss, step_weights=weights, meta_gradient=spec, meta_step=meta_step, **settings
+            multi_step_task_loss,
+            step_weights=weights,
+            meta_gradient=spec,
+            meta_step=meta_step,
+            **settings,
         )
-        return maml.grad_over_tasks(per_task, meta_params, episodes, task_batching)
+        return batching.grad_over_tasks(per_task, meta_params, episodes, task_batching)
 
     def eval_task(meta_params: Params, episode: Episode):
         params, rates = (meta_params["model"], meta_params["inner_lr"]) if lslr else (
             meta_params, inner_lr)  # fmt: skip
-        adapted, support_losses, _ = adapt(
-            params, episode, loss_fn=loss_fn, inner_lr=rates, num_steps=num_inner_steps, lslr=lslr
-        )
-        loss, metrics = batch_norm_eval.query_metrics(
-            model.apply,
-            adapted,
-            episode.support_inputs,
-            episode.query_inputs,
-            episode.query_labels,
-            mode=eval_batch_norm,
-        )
-        if num_inner_steps > 0:
-            metrics["support_loss"] = support_losses[0]
-        return loss, metrics
 
-    evaluate = functools.partial(maml.metrics_per_task, eval_task, task_batching=task_batching)
+        def adapt(params, support_inputs, support_labels):
+            support = episode._replace(support_inputs=support_inputs, support_labels=support_labels)
+            adapted, support_losses, _ = adapt_per_step(
+                params, support, loss_fn=loss_fn, inner_lr=rates, num_steps=num_inner_steps,
+                lslr=lslr,
+            )  # fmt: skip
+            return adapted, support_losses
+
+        def score(adapted, query_inputs, query_labels):
+            return batch_norm_eval.query_metrics(
+                model.apply, adapted, episode.support_inputs, query_inputs, query_labels,
+                mode=eval_batch_norm,
+            )  # fmt: skip
+
+        scored = common.adapt_and_score(adapt, score, params, episode)
+        return scored.loss, scored.metrics
+
+    evaluate = functools.partial(batching.metrics_per_task, eval_task, task_batching=task_batching)
     return MetaLearner(
         name="mamlpp",
         init=init,

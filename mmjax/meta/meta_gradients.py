@@ -23,14 +23,14 @@ are the branches of one ``lax.cond``, so a single compiled program serves the wh
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.meta import maml
+from mmjax.meta import common
 
 Params = Any
 META_GRADIENTS = ("exact", "first_order", "truncated", "implicit")
@@ -128,48 +128,20 @@ def check_num_steps(spec: MetaGradient, num_steps: int) -> None:
         raise ValueError(f"truncate must be in [0, num_steps={num_steps}]; got {spec.truncate}")
 
 
-def adapt(
-    params: Params,
-    inputs: chex.ArrayTree,
-    labels: chex.Array,
-    *,
-    loss_fn: maml.LossFn,
-    inner_lr: float | Params,
-    num_steps: int,
-    meta_gradient: MetaGradient,
-    remat: bool = False,
-    unroll: int | bool = 1,
-) -> tuple[Params, chex.Array]:
-    """MAML's inner loop with the outer gradient of ``meta_gradient`` (no annealing here).
+def inner_segments(spec: MetaGradient, num_steps: int) -> list[tuple[int, bool]]:
+    """``[(steps, first_order), ...]``: the inner loop of ``spec`` as first-order then exact runs.
 
-    Shapes as in :func:`mmjax.meta.maml.adapt`; returns ``(adapted_params, losses)`` with
-    ``losses: [num_steps]`` the support loss (without the proximal term) before each step.
+    For ``"exact"``, ``"first_order"`` and ``"truncated"`` (``"implicit"`` is
+    :func:`adapt_implicit`): the first ``num_steps - exact`` steps stop the gradient through
+    the inner gradients, the last ``exact`` do not; empty runs are left out (with
+    ``num_steps=0`` both remain, each of 0 steps).
     """
-    check_num_steps(meta_gradient, num_steps)
-    mode = meta_gradient.mode
-    if mode == "implicit":
-        return adapt_implicit(
-            params,
-            inputs,
-            labels,
-            loss_fn=loss_fn,
-            inner_lr=inner_lr,
-            num_steps=num_steps,
-            lam=meta_gradient.lam,
-            cg_steps=meta_gradient.cg_steps,
-            cg_tol=meta_gradient.cg_tol,
-            unroll=unroll,
-        )
-    exact_steps = {"exact": num_steps, "first_order": 0, "truncated": meta_gradient.truncate}[mode]
-    common = {"loss_fn": loss_fn, "inner_lr": inner_lr, "remat": remat, "unroll": unroll}
-    losses = []
-    for steps, first_order in ((num_steps - exact_steps, True), (exact_steps, False)):
-        if steps or num_steps == 0:
-            params, step_losses = maml.adapt(
-                params, inputs, labels, num_steps=steps, first_order=first_order, **common
-            )
-            losses.append(step_losses)
-    return params, jnp.concatenate(losses) if len(losses) > 1 else losses[0]
+    if spec.mode == "implicit":
+        raise ValueError("meta_gradient='implicit' is not a run of SGD steps: use adapt_implicit")
+    check_num_steps(spec, num_steps)
+    exact_steps = {"exact": num_steps, "first_order": 0}.get(spec.mode, spec.truncate)
+    runs = ((num_steps - exact_steps, True), (exact_steps, False))
+    return [(steps, first_order) for steps, first_order in runs if steps or num_steps == 0]
 
 
 def adapt_implicit(
@@ -177,7 +149,7 @@ def adapt_implicit(
     inputs: chex.ArrayTree,
     labels: chex.Array,
     *,
-    loss_fn: maml.LossFn,
+    loss_fn: common.LossFn,
     inner_lr: float | Params,
     num_steps: int,
     lam: float,
@@ -203,16 +175,16 @@ def adapt_implicit(
       point of the proximal objective). ``losses: [num_steps]`` support losses (no
       proximal term), not differentiated.
     """
-    maml._check_settings(inner_lr=inner_lr, num_steps=num_steps)
-    maml.check_inner_lr(inner_lr, params)
-    maml._check_support(inputs, labels)
+    common.check_settings(inner_lr=inner_lr, num_steps=num_steps)
+    common.check_inner_lr(inner_lr, params)
+    common.check_support(inputs, labels)
     theta = jax.lax.stop_gradient(params)
     support_loss = lambda p: loss_fn(p, inputs, labels)[0]
 
     def step(phi, _):
         loss, grads = jax.value_and_grad(support_loss)(phi)
         grads = jax.tree.map(lambda g, p, t: g + lam * (p - t), grads, phi, theta)
-        return maml._sgd_update(phi, grads, inner_lr), loss
+        return common.sgd_update(phi, grads, inner_lr), loss
 
     steps = num_steps if unroll is True else max(int(unroll), 1)
     phi, losses = jax.lax.scan(step, theta, None, length=num_steps, unroll=steps)
@@ -223,7 +195,7 @@ def adapt_implicit(
 
 
 def proximal_solve(
-    loss_fn: maml.LossFn,
+    loss_fn: common.LossFn,
     phi: Params,
     inputs: chex.ArrayTree,
     labels: chex.Array,
@@ -293,3 +265,22 @@ def annealed_first_order(spec: MetaGradient, meta_step: chex.Array | None) -> ch
             "index) passed to the meta-gradient"
         )
     return jnp.asarray(meta_step) < spec.first_order_until
+
+
+def anneal_order(
+    spec: MetaGradient,
+    meta_step: chex.Array | None,
+    loss_of: Callable[[MetaGradient, Params], Any],
+    params: Params,
+) -> Any:
+    """``loss_of(mode_spec, params)``: first order before ``spec.first_order_until``, else ``spec.mode``.
+
+    The two are the branches of one ``lax.cond`` on the traced ``meta_step`` (see
+    :func:`annealed_first_order`); each branch gets ``spec`` with that mode and no annealing.
+    """
+    early = annealed_first_order(spec, meta_step)
+
+    def branch(mode: str) -> Callable[[Params], Any]:
+        return functools.partial(loss_of, spec._replace(mode=mode, first_order_until=0))
+
+    return jax.lax.cond(early, branch("first_order"), branch(spec.mode), params)

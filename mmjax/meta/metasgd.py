@@ -11,12 +11,17 @@ import functools
 
 import chex
 import flax.linen as nn
+from typing_extensions import Unpack
 import jax
 import jax.numpy as jnp
 
 from mmjax.data.episodes import Episode
-from mmjax.meta import maml
-from mmjax.meta.learner import MetaLearner, Params, register
+from mmjax.meta import common, maml
+from mmjax.meta.common import Params
+from mmjax.meta.learner import MetaLearner, register
+
+#: Meta-SGD's defaults for the settings not given.
+DEFAULTS: common.InnerLoopSettings = {"inner_lr": 0.4, "num_inner_steps": 1}
 
 
 def init_inner_lr(inner_lr: float | Params, params: Params) -> Params:
@@ -28,12 +33,12 @@ def init_inner_lr(inner_lr: float | Params, params: Params) -> Params:
     Raises:
       ValueError: the pytree's structure or a leaf's shape differs from ``params``, or a rate
         is not finite and ``> 0`` (the message names the leaf, see
-        :func:`mmjax.meta.maml.check_inner_lr`).
+        :func:`mmjax.meta.common.check_inner_lr`).
       TypeError: ``inner_lr`` is not a number or a pytree of numbers.
     """
-    maml._check_settings(inner_lr=inner_lr, num_steps=0)  # type, and a scalar's value
-    maml.check_inner_lr(inner_lr, params)
-    if maml._is_scalar(inner_lr):
+    common.check_settings(inner_lr=inner_lr, num_steps=0)  # type, and a scalar's value
+    common.check_inner_lr(inner_lr, params)
+    if common.is_scalar(inner_lr):
         return jax.tree.map(lambda p: jnp.full(jnp.shape(p), inner_lr, jnp.result_type(p)), params)
     lr_by_path = dict(jax.tree_util.tree_leaves_with_path(inner_lr))
     return jax.tree_util.tree_map_with_path(
@@ -44,84 +49,48 @@ def init_inner_lr(inner_lr: float | Params, params: Params) -> Params:
     )
 
 
-def task_loss(meta_params: Params, episode: Episode, **kwargs) -> tuple[chex.Array, dict]:
+def learned_rates_task_loss(
+    meta_params: Params, episode: Episode, **settings
+) -> tuple[chex.Array, dict]:
     """:func:`mmjax.meta.maml.task_loss` of one task with the rates ``meta_params["inner_lr"]``.
 
-    ``kwargs``: ``loss_fn``, ``num_steps``, ``first_order``; scalar loss and metrics.
+    ``settings``: ``loss_fn``, ``num_steps``, ``first_order``; scalar loss and metrics.
     """
     return maml.task_loss(
         meta_params["model"],
         episode,
         inner_lr=meta_params["inner_lr"],
         signed_rates=True,  # learned rates may turn negative (they learn the direction too)
-        **kwargs,
+        **settings,
     )
 
 
-def meta_loss(
-    meta_params: Params, episodes: Episode, *, task_batching: str | int = "auto", **kwargs
-) -> tuple[chex.Array, dict]:
-    """Mean query loss of MAML with the meta-learned rates ``meta_params["inner_lr"]``.
+def metasgd_learner(model: nn.Module, **settings: Unpack[common.InnerLoopSettings]) -> MetaLearner:
+    """Meta-SGD on ``model`` (``apply(params, inputs) -> [batch, ways]`` logits).
 
-    ``kwargs`` are :func:`task_loss`'s (``loss_fn``, ``num_steps``, ``first_order``).
+    ``settings``: :class:`~mmjax.meta.common.InnerLoopSettings`, with the defaults
+    ``inner_lr=0.4`` and ``num_inner_steps=1``. ``inner_lr`` is the initial rate: a scalar
+    for every parameter, or a pytree shaped like the model's parameters (scalar or
+    full-shape leaves), checked at ``init``.
     """
-    per_task = functools.partial(task_loss, **kwargs)
-    return maml.mean_over_tasks(per_task, meta_params, episodes, task_batching)
-
-
-def meta_grad(
-    meta_params: Params, episodes: Episode, *, task_batching: str | int = "auto", **kwargs
-) -> tuple[Params, dict]:
-    """Gradient of :func:`meta_loss` w.r.t. both the initialisation and the rates."""
-    per_task = functools.partial(task_loss, **kwargs)
-    return maml.grad_over_tasks(per_task, meta_params, episodes, task_batching)
-
-
-def metasgd_learner(
-    model: nn.Module,
-    *,
-    inner_lr: float | Params = 0.4,
-    num_inner_steps: int = 1,
-    eval_num_inner_steps: int | None = None,
-    first_order: bool = False,
-    task_batching: str | int = "auto",
-) -> MetaLearner:
-    """Meta-SGD on ``model`` (a Flax classifier).
-
-    Args:
-      model: ``apply(params, inputs) -> [batch, ways]`` logits.
-      inner_lr: initial rate: a scalar for every parameter, or a pytree shaped like the
-        model's parameters (scalar or full-shape leaves), checked at ``init``.
-      num_inner_steps: inner steps during meta-training.
-      eval_num_inner_steps: inner steps at evaluation (default ``num_inner_steps``).
-      first_order: stop gradients through the inner gradients.
-      task_batching: how the task batch is mapped
-        (:func:`mmjax.meta.maml.resolve_task_batching`).
-    """
-    maml._check_settings(inner_lr=inner_lr, num_steps=num_inner_steps)
-    eval_steps = num_inner_steps if eval_num_inner_steps is None else eval_num_inner_steps
-    maml._check_settings(inner_lr=inner_lr, num_steps=eval_steps)
-    maml.resolve_task_batching(task_batching)
-    loss_fn = maml.classification_loss(model.apply)
+    inner = common.check_learner_settings(settings, defaults=DEFAULTS)
+    inner_lr = inner.inner_lr
+    loss_fn = common.classification_loss(model.apply)
 
     def init(key: chex.PRNGKey, example_inputs: chex.ArrayTree) -> Params:
         params = model.init(key, example_inputs)
         return {"model": params, "inner_lr": init_inner_lr(inner_lr, params)}
 
-    per_task = functools.partial(task_loss, loss_fn=loss_fn, num_steps=eval_steps)
-    evaluate = functools.partial(maml.metrics_per_task, per_task, task_batching=task_batching)
-
-    return MetaLearner(
-        name="metasgd",
-        init=init,
-        meta_grad=functools.partial(
-            meta_grad,
-            loss_fn=loss_fn,
-            num_steps=num_inner_steps,
-            first_order=first_order,
-            task_batching=task_batching,
-        ),
-        evaluate=evaluate,
+    per_task = functools.partial(learned_rates_task_loss, loss_fn=loss_fn)
+    train_task = functools.partial(
+        per_task, num_steps=inner.num_inner_steps, first_order=inner.first_order
+    )
+    return common.loss_gradient_learner(
+        "metasgd",
+        init,
+        train_task=train_task,
+        eval_task=functools.partial(per_task, num_steps=inner.eval_num_inner_steps),
+        task_batching=inner.task_batching,
     )
 
 

@@ -24,28 +24,16 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from typing_extensions import Unpack
 
 from mmjax.data.episodes import Episode
 from mmjax.fusion.film import film
-from mmjax.meta import maml
+from mmjax.meta import common, maml, task_batching as batching
 from mmjax.meta.anil import encode, head_logits
-from mmjax.meta.learner import MetaLearner, Params, register
+from mmjax.meta.common import Params
+from mmjax.meta.learner import MetaLearner, register
 
 LOSSES = ("cross_entropy", "mse")
-
-
-def regression_loss(apply_fn) -> maml.LossFn:
-    """Mean squared error loss ``(params, inputs, targets: [n]) -> (loss, {"loss", "mse"})``.
-
-    ``apply_fn(params, inputs)`` returns ``[n, 1]`` (or ``[n]``) predictions.
-    """
-
-    def loss_fn(params: Params, inputs: chex.ArrayTree, targets: chex.Array):
-        predictions = apply_fn(params, inputs).reshape(targets.shape)
-        mse = jnp.mean((predictions - targets) ** 2)
-        return mse, {"loss": mse, "mse": mse}
-
-    return loss_fn
 
 
 class TaskEncoder(nn.Module):
@@ -88,7 +76,7 @@ def _targets(labels: chex.Array, *, loss: str, ways: int) -> jax.Array:
     return labels.reshape(labels.shape[0], -1)
 
 
-def task_loss(
+def modulated_task_loss(
     meta_params: Params,
     episode: Episode,
     *,
@@ -99,7 +87,11 @@ def task_loss(
     num_steps: int,
     first_order: bool = False,
 ) -> tuple[chex.Array, dict]:
-    """Modulate from the support set, adapt by MAML on it, then the query loss and metrics."""
+    """Modulate from the support set, adapt by MAML on it, then the query loss and metrics.
+
+    ``episode``: one task (no task axis); returns a scalar loss and metrics (those of
+    :func:`mmjax.meta.maml.task_loss` plus ``film_norm``, the norm of ``(γ, β)``).
+    """
     gamma, beta = task_encoder.apply(
         meta_params["modulation"],
         episode.support_inputs,
@@ -107,7 +99,9 @@ def task_loss(
     )
     apply_fn = lambda params, inputs: modulated_apply(model, params, inputs, gamma, beta)
     loss_fn = (
-        maml.classification_loss(apply_fn) if loss == "cross_entropy" else regression_loss(apply_fn)
+        common.classification_loss(apply_fn)
+        if loss == "cross_entropy"
+        else common.regression_loss(apply_fn)
     )
     query_loss, metrics = maml.task_loss(
         meta_params["model"],
@@ -121,51 +115,23 @@ def task_loss(
     return query_loss, metrics
 
 
-def meta_loss(
-    meta_params: Params, episodes: Episode, *, task_batching: str | int = "auto", **kwargs
-) -> tuple[chex.Array, dict]:
-    """Mean query loss over a task batch (leading task axis, mapped by ``task_batching``)."""
-    per_task = functools.partial(task_loss, **kwargs)
-    return maml.mean_over_tasks(per_task, meta_params, episodes, task_batching)
-
-
-def meta_grad(
-    meta_params: Params, episodes: Episode, *, task_batching: str | int = "auto", **kwargs
-) -> tuple[Params, dict]:
-    """Gradient of :func:`meta_loss` w.r.t. the model initialisation and the task encoder."""
-    per_task = functools.partial(task_loss, **kwargs)
-    return maml.grad_over_tasks(per_task, meta_params, episodes, task_batching)
-
-
 def mmaml_learner(
     model: nn.Module,
     *,
-    inner_lr: float,
-    num_inner_steps: int,
-    eval_num_inner_steps: int | None = None,
-    first_order: bool = False,
     task_hidden_sizes: Sequence[int] = (64,),
     loss: str = "cross_entropy",
-    task_batching: str | int = "auto",
+    **settings: Unpack[common.InnerLoopSettings],
 ) -> MetaLearner:
     """MMAML on a ``Classifier`` ``model``.
 
     Args:
       model: ``Classifier(encoder, num_classes)`` (``num_classes=1`` for regression).
-      inner_lr: inner SGD step size.
-      num_inner_steps: inner steps during meta-training.
-      eval_num_inner_steps: inner steps at evaluation (default ``num_inner_steps``).
-      first_order: stop gradients through the inner gradients.
       task_hidden_sizes: task-encoder MLP widths.
       loss: ``"cross_entropy"`` (classification; metrics ``loss``, ``accuracy``) or ``"mse"``
         (regression, float labels; metrics ``loss``, ``mse``).
-      task_batching: how the task batch is mapped
-        (:func:`mmjax.meta.maml.resolve_task_batching`).
+      **settings: MAML's inner loop (:class:`~mmjax.meta.common.InnerLoopSettings`).
     """
-    maml._check_settings(inner_lr=inner_lr, num_steps=num_inner_steps)
-    eval_steps = num_inner_steps if eval_num_inner_steps is None else eval_num_inner_steps
-    maml._check_settings(inner_lr=inner_lr, num_steps=eval_steps)
-    maml.resolve_task_batching(task_batching)
+    inner = common.check_learner_settings(settings)
     if loss not in LOSSES:
         raise ValueError(f"loss={loss!r} is not one of {', '.join(LOSSES)}")
     if not hasattr(model, "encoder") or not hasattr(model, "num_classes"):
@@ -189,28 +155,28 @@ def mmaml_learner(
         )
         return {"model": params, "modulation": modulation}
 
-    def settings(meta_params: Params, steps: int) -> dict:
+    def task_settings(meta_params: Params, steps: int) -> dict:
         features = meta_params["modulation"]["params"]["film"]["bias"].shape[-1] // 2
         return dict(
             model=model,
             task_encoder=make_task_encoder(features),
             loss=loss,
-            inner_lr=inner_lr,
+            inner_lr=inner.inner_lr,
             num_steps=steps,
-            first_order=first_order,
+            first_order=inner.first_order,
         )
 
     def learner_meta_grad(meta_params: Params, episodes: Episode) -> tuple[Params, dict]:
-        return meta_grad(
-            meta_params,
-            episodes,
-            task_batching=task_batching,
-            **settings(meta_params, num_inner_steps),
+        per_task = functools.partial(
+            modulated_task_loss, **task_settings(meta_params, inner.num_inner_steps)
         )
+        return batching.grad_over_tasks(per_task, meta_params, episodes, inner.task_batching)
 
     def evaluate(meta_params: Params, episodes: Episode) -> dict:
-        per_task = functools.partial(task_loss, **settings(meta_params, eval_steps))
-        return maml.metrics_per_task(per_task, meta_params, episodes, task_batching)
+        per_task = functools.partial(
+            modulated_task_loss, **task_settings(meta_params, inner.eval_num_inner_steps)
+        )
+        return batching.metrics_per_task(per_task, meta_params, episodes, inner.task_batching)
 
     return MetaLearner(name="mmaml", init=init, meta_grad=learner_meta_grad, evaluate=evaluate)
 

@@ -1,9 +1,11 @@
-"""Data-parallel MAML meta-steps over devices: ``pmap`` and ``jit`` with shardings.
+"""Devices for meta-training: the task mesh, host-to-mesh placement, multi-host start-up.
 
-Both split the task batch across devices and average the meta-gradient, so they compute
-the same update as the single-device :func:`mmjax.meta.maml.make_meta_train_step` (up to
-floating-point summation order). Multi-host: call :func:`initialize_distributed` first;
-the sharded step then runs over the global mesh of every process's devices.
+:func:`mmjax.meta.step.make_step` splits the task batch across devices (``jit`` over a
+:func:`task_mesh`, or ``pmap`` over a leading device axis) and averages the meta-gradient,
+so it computes the same update as on one device (up to floating-point summation order).
+:func:`place_tasks` and :func:`place_replicated` put host arrays on the mesh;
+:func:`shard_for_pmap` adds the device axis for ``pmap``. Multi-host: call
+:func:`initialize_distributed` first; the mesh then spans every process's devices.
 """
 
 from __future__ import annotations
@@ -14,11 +16,7 @@ from typing import Sequence
 import chex
 import jax
 import numpy as np
-import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
-from mmjax.meta import meta_gradients
-from mmjax.meta.maml import LossFn, MetaStep, _check_settings, guarded_meta_step
 
 TASK_AXIS = "tasks"
 
@@ -51,13 +49,21 @@ def initialize_distributed(
 ) -> bool:
     """Calls ``jax.distributed.initialize`` for a multi-host run; returns whether it did.
 
-    It initialises when ``force`` is true or ``$JAX_COORDINATOR_ADDRESS`` is set. The
-    coordinator ``HOST:PORT``, process count and process id come from the arguments, else
-    from ``$JAX_COORDINATOR_ADDRESS``, ``$JAX_NUM_PROCESSES``, ``$JAX_PROCESS_ID``; given
-    none of the three, JAX's own cluster detection (Cloud TPU pod, SLURM, Open MPI,
-    Kubernetes) supplies them, and outside such a cluster it raises ``ValueError``. Given
-    some, all three are required. CPU processes use gloo collectives. ``timeout_s`` bounds
-    the wait for every peer to connect (then an error, not a hang).
+    It initialises when ``force`` is true or a coordinator is given (``coordinator=`` or
+    ``$JAX_COORDINATOR_ADDRESS``); otherwise it returns ``False`` and reads nothing else.
+    The process count and id come from the arguments, else from ``$JAX_NUM_PROCESSES`` and
+    ``$JAX_PROCESS_ID``. Given none of the three, JAX's own cluster detection (Cloud TPU,
+    SLURM, Open MPI, Kubernetes) supplies them, and outside such a cluster it raises
+    ``ValueError``; given some, all three are required and checked (``HOST:PORT``,
+    ``0 <= process_id < num_processes``). Before initialising it sets
+    ``jax_cpu_collectives_implementation`` to ``"gloo"`` (for every process: it only
+    matters on the CPU backend, whose cross-process collectives need it).
+
+    The timeouts are passed to JAX: ``timeout_s`` (``initialization_timeout``) bounds the
+    wait for every peer to connect, then it raises instead of hanging;
+    ``heartbeat_timeout_s`` is how long a process may miss heartbeats before the
+    coordinator declares it dead and every process shuts down; ``shutdown_timeout_s`` is
+    how long the shutdown barrier at exit waits for the others.
     """
     coordinator = coordinator or os.environ.get(_ENV["coordinator"]) or None
     if not (force or coordinator):
@@ -126,108 +132,28 @@ def shard_for_pmap(tree: chex.ArrayTree, num_devices: int) -> chex.ArrayTree:
     return jax.tree.map(split, tree)
 
 
-def make_pmap_meta_train_step(
-    loss_fn: LossFn,
-    optimizer: optax.GradientTransformation,
-    *,
-    inner_lr: float,
-    num_steps: int,
-    first_order: bool = False,
-    remat: bool = False,
-    axis_name: str = "devices",
-    task_batching: str | int = "auto",
-    donate: bool = True,
-    skip_nonfinite: bool = False,
-):
-    """Builds a ``pmap``-ed ``step(params, opt_state, episodes)``.
+def place_tasks(episodes: chex.ArrayTree, mesh: Mesh) -> chex.ArrayTree:
+    """Host arrays ``[batch, ...]`` -> global arrays split along the batch over ``mesh``.
 
-    ``params`` and ``opt_state`` are replicated (leading device axis, e.g. via
-    ``flax.jax_utils.replicate``); every ``episodes`` leaf is ``[devices, tasks_per_device,
-    ...]`` (see :func:`shard_for_pmap`). Gradients and metrics are averaged with
-    ``lax.pmean``, so every device applies the same update. ``task_batching`` maps each
-    device's tasks (see :func:`mmjax.meta.maml.resolve_task_batching`). ``donate`` (the
-    inputs ``params``/``opt_state`` are deleted by the call) and ``skip_nonfinite`` (keep
-    them when the averaged gradient or loss is not finite; ``metrics["finite"]``): as in
-    :func:`mmjax.meta.maml.make_meta_train_step`.
+    Works multi-host (every process passes the same global arrays); ``batch`` must be a
+    multiple of ``mesh.size``.
     """
-    _check_settings(inner_lr=inner_lr, num_steps=num_steps)
-    settings = MetaStep(
-        loss_fn, optimizer, inner_lr, num_steps, first_order, remat, task_batching=task_batching
-    )
-
-    def step(params, opt_state, episodes):
-        grads, metrics = settings.grad(params, episodes)
-        grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
-        params, opt_state = settings.apply(params, opt_state, grads)
-        return params, opt_state, metrics
-
-    if skip_nonfinite:
-        step = guarded_meta_step(settings, axis_name)
-    return jax.pmap(step, axis_name=axis_name, donate_argnums=(0, 1) if donate else ())
-
-
-def make_sharded_meta_train_step(
-    loss_fn: LossFn,
-    optimizer: optax.GradientTransformation,
-    *,
-    inner_lr: float,
-    num_steps: int,
-    mesh: Mesh | None = None,
-    first_order: bool = False,
-    remat: bool = False,
-    task_batching: str | int = "vmap",
-    donate: bool = True,
-    skip_nonfinite: bool = False,
-    meta_gradient: str | meta_gradients.MetaGradient = "exact",
-):
-    """Builds a ``jit`` step whose task batch is sharded over ``mesh`` (axis ``"tasks"``).
-
-    ``params``/``opt_state`` are replicated, ``episodes`` leaves ``[batch, ...]`` are split
-    along the batch; XLA inserts the all-reduce of the gradient. Returns
-    ``(step, place_episodes, place_replicated)``: the last two put host arrays on the mesh
-    with the right sharding (they also work multi-host, every process passing the same
-    global arrays). ``task_batching`` defaults to ``"vmap"``: the task axis is the one
-    sharded, and a scanned axis cannot be split over devices. ``donate`` (the inputs
-    ``params``/``opt_state`` are deleted by the call) and ``skip_nonfinite`` (keep them when
-    the gradient or loss is not finite; ``metrics["finite"]``): as in
-    :func:`mmjax.meta.maml.make_meta_train_step`. ``meta_gradient``: see
-    :func:`mmjax.meta.maml.adapt`; when annealed the step takes the meta-step index as a
-    fourth (replicated) argument.
-    """
-    _check_settings(inner_lr=inner_lr, num_steps=num_steps)
-    mesh = task_mesh() if mesh is None else mesh
-    annealed = False
-    if meta_gradient != "exact":
-        meta_gradient = meta_gradients.meta_gradient_spec(meta_gradient, first_order=first_order)
-        meta_gradients.check_num_steps(meta_gradient, num_steps)
-        annealed = meta_gradient.annealed
-    settings = MetaStep(
-        loss_fn, optimizer, inner_lr, num_steps, first_order, remat, task_batching=task_batching
-    )._replace(meta_gradient=meta_gradient)
-    replicated = NamedSharding(mesh, P())
     by_task = NamedSharding(mesh, P(TASK_AXIS))
 
-    jitted = jax.jit(
-        guarded_meta_step(settings) if skip_nonfinite else settings.__call__,
-        in_shardings=(replicated, replicated, by_task) + ((replicated,) if annealed else ()),
-        out_shardings=(replicated, replicated, replicated),
-        donate_argnums=(0, 1) if donate else (),
+    def put(x):
+        _check_divisible(np.shape(x)[0], mesh.size)
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, by_task, lambda index: x[index])
+
+    return jax.tree.map(put, episodes)
+
+
+def place_replicated(tree: chex.ArrayTree, mesh: Mesh) -> chex.ArrayTree:
+    """Host arrays -> global arrays replicated on every device of ``mesh``."""
+    replicated = NamedSharding(mesh, P())
+    return jax.tree.map(
+        lambda x: jax.make_array_from_callback(
+            np.shape(x), replicated, lambda index: np.asarray(x)[index]
+        ),
+        tree,
     )
-
-    def place_episodes(episodes):
-        def put(x):
-            _check_divisible(x.shape[0], mesh.size)
-            x = np.asarray(x)
-            return jax.make_array_from_callback(x.shape, by_task, lambda index: x[index])
-
-        return jax.tree.map(put, episodes)
-
-    def place_replicated(tree):
-        return jax.tree.map(
-            lambda x: jax.make_array_from_callback(
-                np.shape(x), replicated, lambda index: np.asarray(x)[index]
-            ),
-            tree,
-        )
-
-    return jitted, place_episodes, place_replicated

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from mmjax.data.episodes import Episode
-from mmjax.meta import maml
+from mmjax.meta import common, task_batching as batching
 from mmjax.meta.learner import MetaLearner, Params, register
 
 DISTANCES = ("euclidean", "cosine")
@@ -73,7 +73,7 @@ def prototype_logits(
     return scale * normalise(queries) @ normalise(protos).T
 
 
-def task_loss(
+def prototype_task_loss(
     params: Params,
     episode: Episode,
     *,
@@ -115,7 +115,7 @@ def protonet_learner(
       learn_scale: meta-learn ``scale`` (as for cosine similarity in Chen et al. 2019).
       ways: classes per episode (default ``model.num_classes``).
       task_batching: how the task batch is mapped
-        (:func:`mmjax.meta.maml.resolve_task_batching`).
+        (:func:`mmjax.meta.task_batching.resolve_task_batching`).
     """
     check_distance(distance)
     if not scale > 0:
@@ -125,7 +125,11 @@ def protonet_learner(
         raise ValueError(f"ways must be an int >= 1 (or model.num_classes); got {ways!r}")
     embedder = _embedder(model)
     per_task = functools.partial(
-        task_loss, embed=embedder.apply, ways=ways, distance=distance, learn_scale=learn_scale
+        prototype_task_loss,
+        embed=embedder.apply,
+        ways=ways,
+        distance=distance,
+        learn_scale=learn_scale,
     )
 
     def init(key: chex.PRNGKey, example_inputs: chex.ArrayTree) -> Params:
@@ -134,15 +138,13 @@ def protonet_learner(
             "scale": jnp.asarray(scale, jnp.float32),
         }
 
-    maml.resolve_task_batching(task_batching)
-    meta_grad = functools.partial(maml.grad_over_tasks, per_task, task_batching=task_batching)
-    evaluate = functools.partial(maml.metrics_per_task, per_task, task_batching=task_batching)
-
-    return MetaLearner(
-        name="protonet" if distance == "euclidean" else "protonet_cosine",
-        init=init,
-        meta_grad=meta_grad,
-        evaluate=evaluate,
+    batching.resolve_task_batching(task_batching)
+    return common.loss_gradient_learner(
+        "protonet" if distance == "euclidean" else "protonet_cosine",
+        init,
+        train_task=per_task,
+        eval_task=per_task,
+        task_batching=task_batching,
     )
 
 

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.data.episodes import Episode
-from mmjax.meta import maml
+from mmjax.meta import common, task_batching as batching
 from mmjax.meta.learner import MetaLearner, Params, register
 from mmjax.meta.protonet import embed_episode, prototypes
 
@@ -78,7 +78,7 @@ def relation_loss(logits: chex.Array, labels: chex.Array, *, objective: str) -> 
     return jnp.mean(jnp.sum(margins * (1 - one_hot), axis=-1) / max(ways - 1, 1))
 
 
-def task_loss(
+def relation_task_loss(
     params: Params,
     episode: Episode,
     *,
@@ -129,7 +129,7 @@ def relation_learner(
       hidden_sizes: relation-module hidden widths.
       ways: classes per episode (default ``model.num_classes``).
       task_batching: how the task batch is mapped
-        (:func:`mmjax.meta.maml.resolve_task_batching`).
+        (:func:`mmjax.meta.task_batching.resolve_task_batching`).
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective={objective!r} is not one of {', '.join(OBJECTIVES)}")
@@ -139,7 +139,7 @@ def relation_learner(
     embedder = getattr(model, "encoder", model)
     relation = RelationModule(tuple(hidden_sizes))
     per_task = functools.partial(
-        task_loss, embed=embedder.apply, relation=relation, ways=ways, objective=objective
+        relation_task_loss, embed=embedder.apply, relation=relation, ways=ways, objective=objective
     )
 
     def init(key: chex.PRNGKey, example_inputs: chex.ArrayTree) -> Params:
@@ -151,11 +151,10 @@ def relation_learner(
             "relation": relation.init(relation_key, jnp.zeros((1, 2 * width))),
         }
 
-    maml.resolve_task_batching(task_batching)
-    meta_grad = functools.partial(maml.grad_over_tasks, per_task, task_batching=task_batching)
-    evaluate = functools.partial(maml.metrics_per_task, per_task, task_batching=task_batching)
-
-    return MetaLearner(name="relationnet", init=init, meta_grad=meta_grad, evaluate=evaluate)
+    batching.resolve_task_batching(task_batching)
+    return common.loss_gradient_learner(
+        "relationnet", init, train_task=per_task, eval_task=per_task, task_batching=task_batching
+    )
 
 
 register("relationnet", relation_learner)

@@ -1,9 +1,13 @@
 """Reptile (Nichol et al. 2018): first-order meta-learning by moving towards adapted weights.
 
-For each task the inner loop runs ``num_steps`` SGD (or Adam) steps on the support set from
-the meta-parameters ``θ``, giving ``φ``. The *pseudo-gradient* ``θ - φ``, averaged over the task
-batch (``jax.vmap``), is handed to the optax meta-optimizer: outer SGD with learning rate
-``ε`` is then exactly Reptile's interpolation ``θ ← θ + ε (φ̄ - θ)``.
+For each task the inner loop runs ``num_inner_steps`` SGD (or Adam) steps from the
+meta-parameters ``θ``, giving ``φ``: during meta-training on the task's support ∪ query set
+(``adapt_on_query=True``, the default: Reptile has no query set, every example of a training
+task is training data) or on its support set alone, and at evaluation always on the support
+set alone. The *pseudo-gradient* ``θ - φ``, averaged over the task batch (mapped by
+``task_batching``, :mod:`mmjax.meta.task_batching`), is handed to the optax
+meta-optimizer: outer SGD with learning rate ``ε`` is then exactly Reptile's interpolation
+``θ ← θ + ε (φ̄ - θ)``. No gradient flows through the inner loop.
 """
 
 from __future__ import annotations
@@ -15,25 +19,33 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from typing_extensions import Unpack
 
 from mmjax.data.episodes import Episode
-from mmjax.meta import maml
-from mmjax.meta.learner import MetaLearner, Params, register
+from mmjax.meta import common, task_batching as batching
+from mmjax.meta.common import Params
+from mmjax.meta.learner import MetaLearner, register
 
 INNER_OPTIMIZERS = ("sgd", "adam")
 
 
-def adapt(
+def check_inner_optimizer(inner_optimizer: str) -> None:
+    """Raises ``ValueError`` listing :data:`INNER_OPTIMIZERS` when ``inner_optimizer`` is not one."""
+    if inner_optimizer not in INNER_OPTIMIZERS:
+        raise ValueError(f"inner_optimizer={inner_optimizer!r} is not one of {INNER_OPTIMIZERS}")
+
+
+def adapt_with_optimizer(
     params: Params,
     inputs: chex.ArrayTree,
     labels: chex.Array,
     *,
-    loss_fn: maml.LossFn,
+    loss_fn: common.LossFn,
     inner_lr: float,
     num_steps: int,
     inner_optimizer: str = "sgd",
 ) -> tuple[Params, chex.Array]:
-    """Reptile's inner loop: ``num_steps`` of SGD (:func:`maml.adapt`) or Adam by ``lax.scan``.
+    """Reptile's inner loop: ``num_steps`` of SGD or Adam by ``lax.scan``, first order.
 
     Args:
       params: meta-parameters.
@@ -48,18 +60,13 @@ def adapt(
       ``(adapted_params, losses)`` with ``losses: [num_steps]``. No gradient flows through
       the inner loop (Reptile is first order).
     """
-    if inner_optimizer not in INNER_OPTIMIZERS:
-        raise ValueError(f"inner_optimizer={inner_optimizer!r} is not one of {INNER_OPTIMIZERS}")
+    check_inner_optimizer(inner_optimizer)
     if inner_optimizer == "sgd":
-        return maml.adapt(
-            params,
-            inputs,
-            labels,
-            loss_fn=loss_fn,
-            inner_lr=inner_lr,
-            num_steps=num_steps,
-            first_order=True,
-        )
+        common.check_settings(inner_lr=inner_lr, num_steps=num_steps)
+        common.check_inner_lr(inner_lr, params)
+        common.check_support(inputs, labels)
+        loop = common.SGDLoop(loss_fn, inner_lr, num_steps, first_order=True)
+        return common.sgd_steps(loop, params, inputs, labels)
     optimizer = optax.adam(inner_lr)
 
     def step(carry, _):
@@ -78,7 +85,7 @@ def pseudo_gradient(
     params: Params,
     episodes: Episode,
     *,
-    loss_fn: maml.LossFn,
+    loss_fn: common.LossFn,
     inner_lr: float,
     num_steps: int,
     inner_optimizer: str = "sgd",
@@ -93,35 +100,29 @@ def pseudo_gradient(
       adapt_on_query: run the inner loop on support ∪ query (Reptile has no query set: every
         example of a meta-training task is training data); otherwise on the support set.
       task_batching: how the task batch is mapped
-        (:func:`mmjax.meta.maml.resolve_task_batching`).
+        (:func:`mmjax.meta.task_batching.resolve_task_batching`).
 
     Returns:
       ``(grads, metrics)``: ``grads`` shaped like ``params``; metrics are the query
       ``loss_fn`` metrics after adaptation (means over tasks) plus ``support_loss``.
     """
 
+    adapt = functools.partial(
+        adapt_with_optimizer, loss_fn=loss_fn, inner_lr=inner_lr, num_steps=num_steps,
+        inner_optimizer=inner_optimizer,
+    )  # fmt: skip
+
     def per_task(params: Params, episode: Episode):
-        inputs, labels = episode.support_inputs, episode.support_labels
         if adapt_on_query:
             join = lambda s, q: jnp.concatenate([s, q], axis=0)
-            inputs = jax.tree.map(join, inputs, episode.query_inputs)
-            labels = join(labels, episode.query_labels)
-        adapted, losses = adapt(
-            params,
-            inputs,
-            labels,
-            loss_fn=loss_fn,
-            inner_lr=inner_lr,
-            num_steps=num_steps,
-            inner_optimizer=inner_optimizer,
-        )
-        _, metrics = loss_fn(adapted, episode.query_inputs, episode.query_labels)
-        metrics = dict(metrics)
-        if num_steps > 0:
-            metrics["support_loss"] = losses[0]
-        return jax.tree.map(jnp.subtract, params, adapted), metrics
+            episode = episode._replace(
+                support_inputs=jax.tree.map(join, episode.support_inputs, episode.query_inputs),
+                support_labels=join(episode.support_labels, episode.query_labels),
+            )
+        scored = common.adapt_and_score(adapt, loss_fn, params, episode)
+        return jax.tree.map(jnp.subtract, params, scored.adapted), scored.metrics
 
-    deltas, metrics = maml.map_over_tasks(per_task, params, episodes, task_batching)
+    deltas, metrics = batching.map_over_tasks(per_task, params, episodes, task_batching)
     mean = functools.partial(jnp.mean, axis=0)
     return jax.tree.map(mean, deltas), jax.tree.map(mean, metrics)
 
@@ -129,54 +130,42 @@ def pseudo_gradient(
 def reptile_learner(
     model: nn.Module,
     *,
-    inner_lr: float,
-    num_inner_steps: int,
-    eval_num_inner_steps: int | None = None,
     inner_optimizer: str = "sgd",
     adapt_on_query: bool = True,
-    task_batching: str | int = "auto",
+    **settings: Unpack[common.InnerLoopSettings],
 ) -> MetaLearner:
     """Reptile on ``model`` (``apply(params, inputs) -> [batch, ways]`` logits).
 
     Args:
       model: Flax classifier.
-      inner_lr: inner step size.
-      num_inner_steps: inner steps during meta-training.
-      eval_num_inner_steps: inner steps at evaluation (default ``num_inner_steps``).
       inner_optimizer: ``"sgd"`` or ``"adam"``.
       adapt_on_query: during meta-training, adapt on support ∪ query (Nichol et al. train on
         more shots than they test with); evaluation always adapts on the support set only.
-      task_batching: how the task batch is mapped
-        (:func:`mmjax.meta.maml.resolve_task_batching`).
+      **settings: the inner loop (:class:`~mmjax.meta.common.InnerLoopSettings`, without
+        ``first_order``: Reptile is first order).
     """
-    maml._check_settings(inner_lr=inner_lr, num_steps=num_inner_steps)
-    eval_steps = num_inner_steps if eval_num_inner_steps is None else eval_num_inner_steps
-    maml._check_settings(inner_lr=inner_lr, num_steps=eval_steps)
-    if inner_optimizer not in INNER_OPTIMIZERS:
-        raise ValueError(f"inner_optimizer={inner_optimizer!r} is not one of {INNER_OPTIMIZERS}")
-    maml.resolve_task_batching(task_batching)
-    loss_fn = maml.classification_loss(model.apply)
-    settings = dict(loss_fn=loss_fn, inner_lr=inner_lr, inner_optimizer=inner_optimizer)
+    inner = common.check_learner_settings(settings, first_order=False)
+    check_inner_optimizer(inner_optimizer)
+    loss_fn = common.classification_loss(model.apply)
+    loop = dict(loss_fn=loss_fn, inner_lr=inner.inner_lr, inner_optimizer=inner_optimizer)
+    eval_adapt = functools.partial(
+        adapt_with_optimizer, num_steps=inner.eval_num_inner_steps, **loop
+    )
 
     def eval_per_task(params: Params, episode: Episode) -> dict:
-        adapted, _ = adapt(
-            params, episode.support_inputs, episode.support_labels, num_steps=eval_steps, **settings
-        )
+        adapted, _ = eval_adapt(params, episode.support_inputs, episode.support_labels)
         return loss_fn(adapted, episode.query_inputs, episode.query_labels)[1]
 
-    evaluate = functools.partial(maml.map_over_tasks, eval_per_task, task_batching=task_batching)
-
+    grad = functools.partial(pseudo_gradient, num_steps=inner.num_inner_steps, **loop)
     return MetaLearner(
         name="reptile",
         init=model.init,
         meta_grad=functools.partial(
-            pseudo_gradient,
-            num_steps=num_inner_steps,
-            adapt_on_query=adapt_on_query,
-            task_batching=task_batching,
-            **settings,
+            grad, adapt_on_query=adapt_on_query, task_batching=inner.task_batching
         ),
-        evaluate=evaluate,
+        evaluate=functools.partial(
+            batching.map_over_tasks, eval_per_task, task_batching=inner.task_batching
+        ),
     )
 
 

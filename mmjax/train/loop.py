@@ -31,6 +31,7 @@ from mmjax.data.augment import augment_episodes
 from mmjax.data.episodes import classes_and_examples, sample_episodes, validate_episode_spec
 from mmjax.meta.learner import MetaLearner
 from mmjax.meta.parallel import TASK_AXIS, task_mesh
+from mmjax.meta.step import meta_update
 from mmjax.train import builders, distributed, throughput
 from mmjax.train import workdir as workdirs
 from mmjax.train.checkpoint import Checkpointer
@@ -92,10 +93,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def _all_finite(tree) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
 def make_train_step(
     config: ml_collections.ConfigDict,
     learner: MetaLearner,
@@ -147,19 +144,11 @@ def make_train_step(
         if augmentation is not None:
             episodes = augment_episodes(jax.random.fold_in(sample_key, 1), episodes, **augmentation)
         episodes = constrain(episodes)
-        step_kwargs = {"meta_step": state.step} if learner.takes_meta_step else {}
-        grads, metrics = learner.meta_grad(state.params, episodes, **step_kwargs)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(metrics["loss"]) & _all_finite(grads)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-        new_state = TrainState(
-            step=state.step + 1,
-            params=keep(params, state.params),
-            opt_state=keep(opt_state, state.opt_state),
-            key=key,
-        )
-        return new_state, dict(metrics, finite=finite)
+        params, opt_state, metrics = meta_update(
+            learner, optimizer, state.params, state.opt_state, episodes, state.step,
+            skip_nonfinite=True,
+        )  # fmt: skip
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, key=key), metrics
 
     if config.parallel == "sharded":
         replicated = NamedSharding(task_mesh(), P())

@@ -9,6 +9,10 @@ and over the uniform mixture. Methods:
 * ``"multi_maml"``: one MAML model per mode, each trained on its mode only and evaluated on
   it (the mode is given by an oracle).
 * ``"mmaml"``: one MMAML model (task-encoder FiLM modulation + MAML) on the mixture.
+
+The learners are :mod:`mmjax.meta`'s (``"maml_regression"`` and ``"mmaml"``, built by
+:func:`make_regression_learner`); each meta-step is :func:`mmjax.meta.step.meta_update`.
+This module is the data and loop glue around them.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import numpy as np
 import optax
 
 from mmjax.data.regression import MIXTURES, sample_regression_tasks
-from mmjax.meta import maml
-from mmjax.meta.learner import MetaLearner, Params
-from mmjax.meta.mmaml import mmaml_learner, regression_loss
+from mmjax.meta import make_learner
+from mmjax.meta.common import Params
+from mmjax.meta.learner import MetaLearner
+from mmjax.meta.step import meta_update
 from mmjax.nn.classifier import Classifier
 from mmjax.nn.mlp import MLP
 from mmjax.train.evaluate import confidence_interval
@@ -38,45 +43,17 @@ def regression_model(hidden_sizes: tuple[int, ...] = (40, 40)) -> Classifier:
     return Classifier(encoder=MLP(tuple(hidden_sizes), activate_final=True), num_classes=1)
 
 
-def maml_regression_learner(
-    model: Classifier,
-    *,
-    inner_lr: float,
-    num_inner_steps: int,
-    eval_num_inner_steps: int | None = None,
-    first_order: bool = False,
-) -> MetaLearner:
-    """MAML with the MSE loss (metrics ``loss`` and ``mse``) on a regression ``model``."""
-    maml._check_settings(inner_lr=inner_lr, num_steps=num_inner_steps)
-    eval_steps = num_inner_steps if eval_num_inner_steps is None else eval_num_inner_steps
-    loss_fn = regression_loss(model.apply)
-    per_task = functools.partial(
-        maml.task_loss, loss_fn=loss_fn, inner_lr=inner_lr, num_steps=eval_steps
-    )
-    return MetaLearner(
-        name="maml",
-        init=model.init,
-        meta_grad=functools.partial(
-            maml.meta_grad,
-            loss_fn=loss_fn,
-            inner_lr=inner_lr,
-            num_steps=num_inner_steps,
-            first_order=first_order,
-        ),
-        evaluate=lambda params, episodes: jax.vmap(per_task, in_axes=(None, 0))(params, episodes)[
-            1
-        ],
-    )
-
-
 def make_regression_learner(method: str, model: Classifier, **settings) -> MetaLearner:
-    """``"maml"``/``"multi_maml"`` -> MAML-MSE; ``"mmaml"`` -> MMAML with ``loss="mse"``."""
+    """``"maml"``/``"multi_maml"`` -> ``"maml_regression"``; ``"mmaml"`` -> MMAML, ``loss="mse"``.
+
+    Both are built by :func:`mmjax.meta.make_learner`.
+    """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {', '.join(METHODS)}")
     if method == "mmaml":
-        return mmaml_learner(model, loss="mse", **settings)
+        return make_learner("mmaml", model, loss="mse", **settings)
     settings.pop("task_hidden_sizes", None)
-    return maml_regression_learner(model, **settings)
+    return make_learner("maml_regression", model, **settings)
 
 
 def train_regression(
@@ -130,9 +107,10 @@ def train_regression(
         def step(carry, step_key):
             params, opt_state = carry
             episodes, _ = sample(step_key)
-            grads, metrics = learner.meta_grad(params, episodes)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), metrics["loss"]
+            params, opt_state, metrics = meta_update(
+                learner, optimizer, params, opt_state, episodes
+            )
+            return (params, opt_state), metrics["loss"]
 
         (params, opt_state), losses = jax.lax.scan(
             step, (params, opt_state), jax.random.split(key, length)

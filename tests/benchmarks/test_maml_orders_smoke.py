@@ -96,19 +96,14 @@ def test_flop_count_grows_with_inner_steps(bench):
     )
     import jax
 
-    from mmjax.meta import maml
+    from mmjax.meta import maml, make_step
 
     def count(steps, unroll):
         model, episodes, params, optimizer, opt_state = bench._build(spec)
-        step = maml.make_meta_train_step(
-            maml.classification_loss(model.apply),
-            optimizer,
-            inner_lr=0.1,
-            num_steps=steps,
-            first_order=True,
-            unroll=unroll,
-            jit=False,
+        learner = maml.maml_learner(
+            model, inner_lr=0.1, num_inner_steps=steps, first_order=True, unroll=unroll
         )
+        step = make_step(learner, optimizer, jit=False)
         return jax.jit(step).lower(params, opt_state, episodes).cost_analysis()["flops"]
 
     flops = [count(steps, unroll=True) for steps in (1, 2, 3)]

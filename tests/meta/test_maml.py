@@ -7,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from mmjax.meta import maml
+from mmjax.meta import common, maml
+from mmjax.meta.step import make_step
 from mmjax.nn.mlp import MLP
 from tests.precision import float64
 
@@ -157,7 +158,7 @@ def test_per_parameter_inner_lr_equal_rates_equal_scalar():
         episodes = _episodes(jax.random.key(7), 2, jnp.float64)
         loss_fn = maml.classification_loss(model.apply)
         tree_lr = jax.tree.map(lambda p: jnp.full(p.shape, 0.4, jnp.float64), params)
-        maml.check_inner_lr(tree_lr, params)
+        common.check_inner_lr(tree_lr, params)
         a, _ = maml.meta_grad(params, episodes, loss_fn=loss_fn, inner_lr=0.4, num_steps=2)
         b, _ = maml.meta_grad(params, episodes, loss_fn=loss_fn, inner_lr=tree_lr, num_steps=2)
         chex.assert_trees_all_close(a, b, rtol=1e-10, atol=1e-12)
@@ -168,32 +169,32 @@ def test_inner_lr_structure_errors_name_the_leaf():
     bad = jax.tree.map(lambda p: jnp.ones(p.shape), params)
     bad["params"]["Dense_1"]["bias"] = jnp.ones((7,))
     with pytest.raises(ValueError, match=r"Dense_1.*bias.*\(7,\).*\(3,\)"):
-        maml.check_inner_lr(bad, params)
+        common.check_inner_lr(bad, params)
     missing = jax.tree.map(lambda p: jnp.ones(p.shape), params)
     del missing["params"]["Dense_0"]
     with pytest.raises(ValueError, match="has no leaf.*Dense_0"):
-        maml.check_inner_lr(missing, params)
+        common.check_inner_lr(missing, params)
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(inner_lr=0.0, num_steps=1), "inner_lr must be > 0"),
-        (dict(inner_lr=0.1, num_steps=-1), "num_steps must be an int >= 0"),
-        (dict(inner_lr=0.1, num_steps=1.5), "num_steps must be an int >= 0"),
+        (dict(inner_lr=0.0, num_inner_steps=1), "inner_lr must be > 0"),
+        (dict(inner_lr=0.1, num_inner_steps=-1), "num_steps must be an int >= 0"),
+        (dict(inner_lr=0.1, num_inner_steps=1.5), "num_steps must be an int >= 0"),
     ],
 )
 def test_bad_settings_raise(kwargs, message):
     model, _ = _model_and_params()
     with pytest.raises(ValueError, match=message):
-        maml.make_meta_train_step(maml.classification_loss(model.apply), optax.sgd(0.1), **kwargs)
+        maml.maml_learner(model, **kwargs)
 
 
 def test_meta_train_step_learns_synthetic_tasks():
     model, params = _model_and_params()
     loss_fn = maml.classification_loss(model.apply)
     optimizer = optax.adam(1e-2)
-    step = maml.make_meta_train_step(loss_fn, optimizer, inner_lr=0.5, num_steps=1)
+    step = make_step(maml.maml_learner(model, inner_lr=0.5, num_inner_steps=1), optimizer)
     opt_state = optimizer.init(params)
     eval_episodes = _episodes(jax.random.key(100), 64)
     before = maml.meta_loss(params, eval_episodes, loss_fn=loss_fn, inner_lr=0.5, num_steps=1)[0]

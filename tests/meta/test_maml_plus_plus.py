@@ -18,7 +18,9 @@ STEPS = 3
 
 
 def _mpp_grad(loss_fn, meta_params, episode, **settings):
-    loss = lambda p: mpp.task_loss(p, episode, loss_fn=loss_fn, num_steps=STEPS, **settings)[0]
+    loss = lambda p: mpp.multi_step_task_loss(
+        p, episode, loss_fn=loss_fn, num_steps=STEPS, **settings
+    )[0]
     return jax.grad(loss)(meta_params)
 
 
@@ -34,14 +36,16 @@ def test_lslr_with_equal_rates_is_plain_maml_and_its_rates_get_a_gradient():
         chex.assert_trees_all_close(grads["model"], plain, rtol=1e-10, atol=1e-13)
         assert all(float(jnp.abs(g).max()) > 1e-6 for g in jax.tree.leaves(grads["inner_lr"]))
         loss = jax.jit(
-            lambda m: mpp.task_loss(m, episode, loss_fn=loss_fn, num_steps=STEPS, lslr=True)[0]
+            lambda m: mpp.multi_step_task_loss(
+                m, episode, loss_fn=loss_fn, num_steps=STEPS, lslr=True
+            )[0]
         )(meta)
         plain_loss = jax.jit(
             lambda p: maml.task_loss(p, episode, loss_fn=loss_fn, inner_lr=0.4, num_steps=STEPS)[0]
         )(params)
         np.testing.assert_allclose(loss, plain_loss, rtol=1e-12)
         with pytest.raises(ValueError, match=r"expected \(3,\): one rate per inner step"):
-            mpp.task_loss(
+            mpp.multi_step_task_loss(
                 {"model": params, "inner_lr": mpp.init_lslr(params, num_steps=2, inner_lr=0.4)},
                 episode, loss_fn=loss_fn, num_steps=STEPS, lslr=True,
             )  # fmt: skip
@@ -64,7 +68,7 @@ def test_multi_step_loss_on_the_last_step_only_is_plain_maml():
             maml.task_loss(p, episode, loss_fn=loss_fn, inner_lr=0.4, num_steps=k)[0]
             for k in range(1, STEPS + 1)
         ])(params)  # fmt: skip
-        weighted = lambda p: mpp.task_loss(p, episode, loss_fn=loss_fn, inner_lr=0.4,
+        weighted = lambda p: mpp.multi_step_task_loss(p, episode, loss_fn=loss_fn, inner_lr=0.4,
                                            num_steps=STEPS, lslr=False,
                                            step_weights=jnp.asarray([0.2, 0.3, 0.5]))[0]  # fmt: skip
         loss = jax.jit(weighted)(params)

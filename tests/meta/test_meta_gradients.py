@@ -12,6 +12,7 @@ from jax.flatten_util import ravel_pytree
 
 from mmjax.data.episodes import Episode
 from mmjax.meta import maml
+from mmjax.meta.step import make_step
 from mmjax.meta.meta_gradients import MetaGradient, meta_gradient_spec
 from mmjax.nn import MLP
 
@@ -24,9 +25,13 @@ def _f64(tree):
     )
 
 
+def _mlp_model():
+    return MLP(hidden_sizes=(5, WAYS), activation=jnp.tanh)
+
+
 def _mlp_setup(tasks: int = 3, seed: int = 0):
     """A tiny MLP classifier and ``tasks`` episodes of 4-dim inputs (float64 under x64)."""
-    model = MLP(hidden_sizes=(5, WAYS), activation=jnp.tanh)
+    model = _mlp_model()
     keys = jax.random.split(jax.random.key(seed), 3)
     episodes = Episode(
         jax.random.normal(keys[0], (tasks, WAYS * SHOTS, 4)),
@@ -147,9 +152,10 @@ def test_annealing_switches_to_exact_at_the_configured_meta_step_in_one_program(
         grads = annealed(params, episodes, meta_step=jnp.asarray(step))[0]
         chex.assert_trees_all_close(grads, expected, rtol=1e-5, atol=1e-7)
     assert annealed._cache_size() == 1  # one compiled program for both phases
-    train_step = maml.make_meta_train_step(
-        loss_fn, optimizer, meta_gradient=spec, **settings
-    )  # fmt: skip
+    learner = maml.maml_learner(_mlp_model(), inner_lr=0.5, num_inner_steps=2,
+                                task_batching="vmap", meta_gradient=spec)  # fmt: skip
+    assert learner.takes_meta_step
+    train_step = make_step(learner, optimizer)
     out = train_step(params, optimizer.init(params), episodes, jnp.asarray(7))
     assert set(out[2]) == {"loss", "accuracy", "support_loss"}
     with pytest.raises(ValueError, match="needs meta_step"):
@@ -236,19 +242,17 @@ def test_sharded_step_equals_the_single_device_step(meta_gradient):
         pytest.skip("needs 8 (forced host) devices")
     loss_fn, params, episodes = _mlp_setup(tasks=8)
     optimizer = optax.sgd(0.1)
-    settings = {"inner_lr": 0.4, "num_steps": 2, "meta_gradient": meta_gradient}
-    single = maml.make_meta_train_step(
-        loss_fn, optimizer, task_batching="vmap", jit=False, **settings
-    )
-    want, _, _ = jax.jit(single)(params, optimizer.init(params), episodes, jnp.asarray(1))
-    step, place_episodes, place_replicated = parallel.make_sharded_meta_train_step(
-        loss_fn, optimizer, **settings
-    )
-    extra = (place_replicated(jnp.asarray(1)),) if meta_gradient.annealed else ()
+    learner = maml.maml_learner(_mlp_model(), inner_lr=0.4, num_inner_steps=2,
+                                task_batching="vmap", meta_gradient=meta_gradient)  # fmt: skip
+    extra = (jnp.asarray(1),) if meta_gradient.annealed else ()
+    single = make_step(learner, optimizer, jit=False)
+    want, _, _ = jax.jit(single)(params, optimizer.init(params), episodes, *extra)
+    mesh = parallel.task_mesh()
+    step = make_step(learner, optimizer, mesh=mesh)
     got, _, _ = step(
-        place_replicated(params),
-        place_replicated(optimizer.init(params)),
-        place_episodes(episodes),
-        *extra,
+        parallel.place_replicated(params, mesh),
+        parallel.place_replicated(optimizer.init(params), mesh),
+        parallel.place_tasks(episodes, mesh),
+        *(parallel.place_replicated(x, mesh) for x in extra),
     )
     chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)

@@ -5,11 +5,11 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
-import optax
 import pytest
 
 from mmjax.data.episodes import Episode
-from mmjax.meta import maml, make_learner
+from mmjax.meta import common, maml, make_learner
+from mmjax.meta import task_batching as batching_lib
 from mmjax.nn import Classifier, Conv4
 from tests.precision import assert_within_sum_bound, float64, to_float64
 
@@ -66,13 +66,13 @@ def test_metrics_per_task_keep_the_task_axis_in_order():
             inner_lr=0.4,
             num_steps=1,
         )
-        reference = maml.metrics_per_task(per_task, params, episodes, "vmap")
+        reference = batching_lib.metrics_per_task(per_task, params, episodes, "vmap")
         chex.assert_shape(reference["loss"], (TASKS,))
         assert reference["loss"].dtype == jnp.float64
         assert float(jnp.min(jnp.abs(jnp.diff(reference["loss"])))) > 1e-6  # order is visible
         for batching in BATCHINGS[1:]:
             chex.assert_trees_all_close(
-                maml.metrics_per_task(per_task, params, episodes, batching),
+                batching_lib.metrics_per_task(per_task, params, episodes, batching),
                 reference,
                 rtol=1e-10,
                 atol=1e-12,
@@ -123,9 +123,9 @@ def test_scan_keeps_one_task_of_activations():
 
 def test_auto_is_scan_on_a_single_cpu_device_only():
     expected = "scan" if jax.default_backend() == "cpu" and jax.device_count() == 1 else "vmap"
-    assert maml.resolve_task_batching("auto") == expected
-    assert maml.resolve_task_batching("vmap") == "vmap"
-    assert maml.resolve_task_batching(4) == 4
+    assert batching_lib.resolve_task_batching("auto") == expected
+    assert batching_lib.resolve_task_batching("vmap") == "vmap"
+    assert batching_lib.resolve_task_batching(4) == 4
 
 
 @pytest.mark.parametrize(
@@ -142,14 +142,10 @@ def test_auto_is_scan_on_a_single_cpu_device_only():
 def test_bad_task_batching_is_refused_before_tracing(value, message):
     model, _, _ = _conv_setup()
     with pytest.raises(ValueError, match=message):
-        maml.resolve_task_batching(value)
+        batching_lib.resolve_task_batching(value)
     with pytest.raises(ValueError, match=message):
         make_learner("maml", model, inner_lr=0.4, num_inner_steps=1, task_batching=value)
     with pytest.raises(ValueError, match=message):
-        maml.make_meta_train_step(
-            maml.classification_loss(model.apply),
-            optax.sgd(0.1),
-            inner_lr=0.4,
-            num_steps=1,
-            task_batching=value,
+        common.check_learner_settings(
+            {"inner_lr": 0.4, "num_inner_steps": 1, "task_batching": value}
         )

@@ -8,7 +8,7 @@ import pytest
 
 from mmjax.data.episodes import Episode
 from mmjax.fusion import FUSION_METHODS
-from mmjax.meta.learner import maml_learner
+from mmjax.meta.maml import maml_learner
 from mmjax.nn import Conv4, StrokeEncoder
 from mmjax.nn.classifier import Classifier
 from mmjax.nn.multimodal import MultimodalEncoder, fusion_kwargs

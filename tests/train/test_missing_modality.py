@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax.meta.learner import MetaLearner, maml_learner
+from mmjax.meta.learner import MetaLearner
+from mmjax.meta.maml import maml_learner
 from mmjax.nn import Conv4, StrokeEncoder
 from mmjax.nn.classifier import Classifier
 from mmjax.nn.multimodal import MultimodalEncoder
