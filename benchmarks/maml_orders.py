@@ -146,7 +146,7 @@ def measure(spec: dict) -> dict:
     """Times, compiles, counts and sizes one configuration in this process."""
     import jax
 
-    from mmjax.meta import maml, make_step
+    from mmjax.meta import make_step, maml
     from mmjax.meta.task_batching import resolve_task_batching
     from mmjax.nn.conv import resolve_conv_impl
     from mmjax.train.throughput import device_peak_bytes
@@ -309,7 +309,7 @@ def gradient_quality(spec: dict) -> list[dict]:
     import numpy as np
     import optax
 
-    from mmjax.meta import maml, make_step
+    from mmjax.meta import make_step, maml
 
     model, episodes, params = _quality_episodes(spec)
     loss_fn = maml.classification_loss(model.apply)

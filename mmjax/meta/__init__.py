@@ -9,21 +9,21 @@ one module (``maml``, ``maml_plus_plus``, ``anil``, ``metasgd``, ``reptile``,
 in ``step`` and the devices in ``parallel``.
 """
 
-from mmjax.meta.learner import MetaLearner, available_learners, make_learner
-from mmjax.meta.common import classification_loss, regression_loss
-from mmjax.meta.task_batching import map_over_tasks, mean_over_tasks, resolve_task_batching
-from mmjax.meta.meta_gradients import META_GRADIENTS, MetaGradient
-from mmjax.meta.maml import adapt, maml_learner
 from mmjax.meta.anil import anil_learner
+from mmjax.meta.common import classification_loss, regression_loss
+from mmjax.meta.learner import MetaLearner, available_learners, make_learner
+from mmjax.meta.maml import adapt, maml_learner
 from mmjax.meta.maml_plus_plus import mamlpp_learner
 from mmjax.meta.maml_regression import maml_regression_learner
+from mmjax.meta.meta_gradients import META_GRADIENTS, MetaGradient
 from mmjax.meta.metasgd import metasgd_learner
 from mmjax.meta.mmaml import mmaml_learner
+from mmjax.meta.parallel import initialize_distributed, task_mesh
 from mmjax.meta.protonet import protonet_learner
 from mmjax.meta.relation import relation_learner
 from mmjax.meta.reptile import reptile_learner
-from mmjax.meta.parallel import initialize_distributed, task_mesh
 from mmjax.meta.step import make_step
+from mmjax.meta.task_batching import map_over_tasks, mean_over_tasks, resolve_task_batching
 
 __all__ = [
     "META_GRADIENTS",

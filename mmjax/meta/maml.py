@@ -21,7 +21,8 @@ import jax.numpy as jnp
 from typing_extensions import Unpack
 
 from mmjax.data.episodes import Episode
-from mmjax.meta import batch_norm_eval, common, meta_gradients, task_batching as batching
+from mmjax.meta import batch_norm_eval, common, meta_gradients
+from mmjax.meta import task_batching as batching
 from mmjax.meta.common import LossFn, Params, classification_loss
 from mmjax.meta.learner import MetaLearner, register
 

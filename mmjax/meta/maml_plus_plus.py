@@ -17,13 +17,15 @@ one ``scale``/``bias`` per layer, shared by every inner step.
 from __future__ import annotations
 
 import functools
+
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from mmjax.data.episodes import Episode
-from mmjax.meta import batch_norm_eval, common, meta_gradients, task_batching as batching
+from mmjax.meta import batch_norm_eval, common, meta_gradients
+from mmjax.meta import task_batching as batching
 from mmjax.meta.common import Params
 from mmjax.meta.learner import MetaLearner, register
 

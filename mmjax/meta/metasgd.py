@@ -11,9 +11,9 @@ import functools
 
 import chex
 import flax.linen as nn
-from typing_extensions import Unpack
 import jax
 import jax.numpy as jnp
+from typing_extensions import Unpack
 
 from mmjax.data.episodes import Episode
 from mmjax.meta import common, maml

@@ -28,7 +28,8 @@ from typing_extensions import Unpack
 
 from mmjax.data.episodes import Episode
 from mmjax.fusion.film import film
-from mmjax.meta import common, maml, task_batching as batching
+from mmjax.meta import common, maml
+from mmjax.meta import task_batching as batching
 from mmjax.meta.anil import encode, head_logits
 from mmjax.meta.common import Params
 from mmjax.meta.learner import MetaLearner, register

@@ -16,7 +16,8 @@ from typing import Sequence
 import chex
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 TASK_AXIS = "tasks"
 

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import optax
 
 from mmjax.data.episodes import Episode
-from mmjax.meta import common, task_batching as batching
+from mmjax.meta import common
+from mmjax.meta import task_batching as batching
 from mmjax.meta.learner import MetaLearner, Params, register
 
 DISTANCES = ("euclidean", "cosine")

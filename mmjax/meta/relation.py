@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.data.episodes import Episode
-from mmjax.meta import common, task_batching as batching
+from mmjax.meta import common
+from mmjax.meta import task_batching as batching
 from mmjax.meta.learner import MetaLearner, Params, register
 from mmjax.meta.protonet import embed_episode, prototypes
 

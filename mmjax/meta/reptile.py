@@ -22,7 +22,8 @@ import optax
 from typing_extensions import Unpack
 
 from mmjax.data.episodes import Episode
-from mmjax.meta import common, task_batching as batching
+from mmjax.meta import common
+from mmjax.meta import task_batching as batching
 from mmjax.meta.common import Params
 from mmjax.meta.learner import MetaLearner, register
 

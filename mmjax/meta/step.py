@@ -18,7 +18,8 @@ import chex
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from mmjax.data.episodes import Episode
 from mmjax.meta.common import Params

@@ -205,7 +205,7 @@ def run_regression(config: ml_collections.ConfigDict, method: str | None = None)
     key = jax.random.PRNGKey(config.seed)
     if method == "multi_maml":
         runs = [train(jax.random.fold_in(key, m), mode=m) for m in range(config.num_modes)]
-        params, losses = [p for p, _ in runs], [l for _, ls in runs for l in ls]
+        params, losses = [p for p, _ in runs], [loss for _, ls in runs for loss in ls]
     else:
         params, losses = train(key)
     result = evaluate_regression(

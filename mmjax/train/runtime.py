@@ -6,7 +6,7 @@ import sys
 
 import jax
 
-from mmjax.meta.maml import resolve_task_batching
+from mmjax.meta.task_batching import resolve_task_batching
 from mmjax.nn.conv import resolve_conv_impl
 
 

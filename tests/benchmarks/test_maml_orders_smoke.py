@@ -96,7 +96,7 @@ def test_flop_count_grows_with_inner_steps(bench):
     )
     import jax
 
-    from mmjax.meta import maml, make_step
+    from mmjax.meta import make_step, maml
 
     def count(steps, unroll):
         model, episodes, params, optimizer, opt_state = bench._build(spec)

@@ -20,7 +20,7 @@ def _episodes(key, batch, dtype=jnp.float32):
     centers = jax.random.normal(k1, (batch, WAYS, DIM), dtype)
     support_labels = jnp.tile(jnp.repeat(jnp.arange(WAYS), SHOTS), (batch, 1))
     query_labels = jnp.tile(jnp.repeat(jnp.arange(WAYS), QUERIES), (batch, 1))
-    take = jax.vmap(lambda c, l: c[l])
+    take = jax.vmap(lambda c, labels: c[labels])
     support = take(centers, support_labels) + 0.5 * jax.random.normal(
         k2, (batch, WAYS * SHOTS, DIM), dtype
     )
@@ -131,7 +131,7 @@ def test_vmapped_meta_loss_equals_python_loop(first_order):
         grads, metrics = maml.meta_grad(params, episodes, **kwargs)
         per_task = [
             jax.grad(
-                lambda p, e=jax.tree.map(lambda x: x[i], episodes): maml.task_loss(p, e, **kwargs)[
+                lambda p, e=jax.tree.map(lambda x: x[i], episodes): maml.task_loss(p, e, **kwargs)[  # noqa: B008 (binds task i)
                     0
                 ]
             )(params)

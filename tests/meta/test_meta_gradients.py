@@ -12,8 +12,8 @@ from jax.flatten_util import ravel_pytree
 
 from mmjax.data.episodes import Episode
 from mmjax.meta import maml
-from mmjax.meta.step import make_step
 from mmjax.meta.meta_gradients import MetaGradient, meta_gradient_spec
+from mmjax.meta.step import make_step
 from mmjax.nn import MLP
 
 WAYS, SHOTS, QUERIES = 3, 2, 2

@@ -48,7 +48,7 @@ def test_pmap_step_equals_single_device(setup, task_batching):
         )
     for d in range(8):  # every device holds the same, correct update
         chex.assert_trees_all_close(
-            jax.tree.map(lambda x: x[d], new_params), want_params, rtol=1e-10, atol=1e-12
+            jax.tree.map(lambda x, d=d: x[d], new_params), want_params, rtol=1e-10, atol=1e-12
         )
     np.testing.assert_allclose(metrics["loss"][0], want_metrics["loss"], rtol=1e-12)
 

@@ -54,7 +54,7 @@ def _episodes(key, tasks=4, ways=3, shots=2, queries=3, dim=5):
     centers = 2 * jax.random.normal(keys[0], (tasks, ways, dim))
     s_labels = jnp.tile(jnp.arange(ways).repeat(shots), (tasks, 1))
     q_labels = jnp.tile(jnp.arange(ways).repeat(queries), (tasks, 1))
-    take = jax.vmap(lambda c, l: c[l])
+    take = jax.vmap(lambda c, labels: c[labels])
     support = take(centers, s_labels) + 0.3 * jax.random.normal(keys[1], s_labels.shape + (dim,))
     query = take(centers, q_labels) + 0.3 * jax.random.normal(keys[2], q_labels.shape + (dim,))
     return Episode(support, s_labels, query, q_labels)

@@ -96,7 +96,7 @@ def test_learner_on_classifier_shapes_and_first_order():
         # The pseudo-gradient equals θ − φ for a single task computed by hand.
         one = jax.tree.map(lambda a: a[:1], episodes)
         g1, _ = jax.jit(learner.meta_grad)(params, one)
-        step = jax.jit(jax.grad(lambda p, i, l: learner_loss(model, p, i, l)))
+        step = jax.jit(jax.grad(lambda p, i, labels: learner_loss(model, p, i, labels)))
         phi = params
         for _ in range(2):
             phi = jax.tree.map(

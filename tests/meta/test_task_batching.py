@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 from mmjax.data.episodes import Episode
-from mmjax.meta import common, maml, make_learner
+from mmjax.meta import common, make_learner, maml
 from mmjax.meta import task_batching as batching_lib
 from mmjax.nn import Classifier, Conv4
 from tests.precision import assert_within_sum_bound, float64, to_float64

@@ -54,7 +54,7 @@ def learned_run(tmp_path_factory):
 @pytest.mark.slow
 def test_short_run_on_real_omniglot_learns(learned_run):
     workdir, results = learned_run
-    records = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
+    records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     train = [r for r in records if r["split"] == "train"]
     assert [r["step"] for r in train] == [25, 50, 75, 100, 125, 150]
     assert train[-1]["loss"] < 0.85 * train[0]["loss"]

@@ -43,7 +43,7 @@ def mm_run(tmp_path_factory):
 
 def test_multimodal_run_with_dropout_lowers_the_loss(mm_run):
     workdir, results = mm_run
-    train = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
+    train = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     train = [r for r in train if r["split"] == "train"]
     assert [r["step"] for r in train] == [50, 100, 150, 200, 250, 300]
     assert np.isfinite([r["loss"] for r in train]).all()

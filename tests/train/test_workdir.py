@@ -38,7 +38,7 @@ def _snapshot(workdir) -> dict:
 
 def _err_line(capsys) -> str:
     """The one line the CLI printed on stderr (stdout dropped)."""
-    lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("mmjax ")]
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mmjax ")]
     assert len(lines) == 1, lines
     return lines[0]
 
