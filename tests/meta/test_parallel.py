@@ -8,7 +8,7 @@ import optax
 import pytest
 from flax import jax_utils
 
-from mmjax.meta import make_learner, parallel
+from mmjax.meta import MetaGradient, make_learner, parallel
 from mmjax.meta.step import make_step
 from mmjax.nn.classifier import Classifier
 from mmjax.nn.mlp import MLP
@@ -76,17 +76,25 @@ def test_sharded_step_equals_single_device(setup):
 NON_MAML = {
     "protonet": dict(distance="euclidean"),
     "reptile": dict(inner_lr=0.3, num_inner_steps=2),
+    # MAML's meta-gradient modes between first and second order, through the same step.
+    "maml:truncated": dict(
+        inner_lr=0.3, num_inner_steps=2, meta_gradient=MetaGradient("truncated", truncate=1)
+    ),
+    "maml:implicit": dict(
+        inner_lr=0.3, num_inner_steps=2, meta_gradient=MetaGradient("implicit", cg_steps=5)
+    ),
 }
 
 
 @pytest.mark.parametrize("name", sorted(NON_MAML))
 @pytest.mark.parametrize("how", ["sharded", "pmap"])
 def test_non_maml_learner_over_8_devices_equals_single_device(setup, name, how):
-    """make_step is not MAML-only: the same update for a metric learner and Reptile."""
+    """make_step is not MAML-only: the same update for a metric learner, Reptile and MAML's
+    truncated and implicit meta-gradients."""
     *_, episodes, _, _ = setup
     with float64():
         model = Classifier(MLP((8,), activation=jnp.tanh), num_classes=3)
-        learner = make_learner(name, model, **NON_MAML[name])
+        learner = make_learner(name.split(":")[0], model, **NON_MAML[name])
         params = jax.tree.map(
             lambda x: x.astype(jnp.float64),
             learner.init(jax.random.key(2), episodes.support_inputs[0]),
@@ -95,7 +103,7 @@ def test_non_maml_learner_over_8_devices_equals_single_device(setup, name, how):
         # shift invariant), whose rounding noise Adam would scale up to the step size.
         optimizer = optax.sgd(0.5)
         # Against a single-device step whose tasks are vmapped, not the one-device "auto".
-        single = make_learner(name, model, task_batching="vmap", **NON_MAML[name])
+        single = make_learner(name.split(":")[0], model, task_batching="vmap", **NON_MAML[name])
         want, _, want_metrics = make_step(single, optimizer, donate=False)(
             params, optimizer.init(params), episodes
         )
