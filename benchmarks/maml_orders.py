@@ -49,7 +49,6 @@ import itertools
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -101,12 +100,14 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 7) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def _peak_memory_mb(jax) -> tuple[float, str]:
-    device = jax.devices()[0]
-    stats = device.memory_stats() if jax.default_backend() != "cpu" else None
-    if stats and "peak_bytes_in_use" in stats:
-        return stats["peak_bytes_in_use"] / 2**20, "device peak_bytes_in_use"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "host peak RSS"
+def _peak_memory_mb(device_peak: int | None) -> tuple[float, str]:
+    """MB and source of the peak: the device's reading (``device_peak_bytes``) where there
+    is one, else this process's peak RSS (`mmjax.train.throughput`)."""
+    from mmjax.train.throughput import host_peak_rss_bytes
+
+    if device_peak is not None:
+        return device_peak / 2**20, "device peak_bytes_in_use"
+    return host_peak_rss_bytes() / 2**20, "host peak RSS"
 
 
 def _build(spec: dict):
@@ -182,7 +183,8 @@ def measure(spec: dict) -> dict:
         jax.block_until_ready((params, metrics))
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
-    peak_mb, memory_source = _peak_memory_mb(jax)
+    device_peak = device_peak_bytes()
+    peak_mb, memory_source = _peak_memory_mb(device_peak)
     achieved = flops / 1e9 / median
     return dict(
         spec,
@@ -197,7 +199,7 @@ def measure(spec: dict) -> dict:
         compile_s=round(compile_s, 3),
         peak_memory_mb=round(peak_mb, 1),
         memory_source=memory_source,
-        device_peak_bytes=device_peak_bytes(),
+        device_peak_bytes=device_peak,
         xla_temp_mb=round(memory.temp_size_in_bytes / 2**20, 1) if memory is not None else None,
         gflop_per_step=round(flops / 1e9, 6),
         flop_count="cost_analysis, inner loop unrolled",
