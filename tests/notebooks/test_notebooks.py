@@ -1,5 +1,9 @@
 """The notebooks run as written: papermill executes each in smoke mode and checks its numbers.
 
+Each notebook is committed with the outputs of a full run (``SMOKE = False``) stamped by
+``notebooks/execute.py``: ``metadata.mmjax.source_sha256`` must be the hash of the current
+cells, so a cell edited without re-running the notebook fails here with the command to run.
+
 Each notebook takes the papermill parameters ``SMOKE`` and ``RESULTS_PATH`` (its first code
 cell, tagged ``parameters``) and writes its key numbers to ``RESULTS_PATH`` as JSON; the
 assertions are on those numbers. The kernel is this interpreter (a kernel spec written into a
@@ -10,6 +14,8 @@ temporary ``JUPYTER_PATH``), so a fresh virtual environment with only ``pip inst
 from __future__ import annotations
 
 import ast
+import copy
+import importlib.util
 import json
 import os
 import sys
@@ -30,6 +36,19 @@ NAMES = (
     "04_multi_device",
 )
 KERNEL = "mmjax-test-python"
+
+
+def _load_execute_tool():
+    """``notebooks/execute.py`` (not a package): its ``source_sha256`` is the one the stamp uses."""
+    spec = importlib.util.spec_from_file_location(
+        "mmjax_notebooks_execute", os.path.join(NOTEBOOKS, "execute.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+execute_tool = _load_execute_tool()
 
 
 @pytest.fixture(scope="session")
@@ -61,8 +80,11 @@ def execute(name: str, tmp_path, kernel_name: str, **parameters) -> tuple[dict, 
     # The kernel inherits this environment (XLA_FLAGS, MMJAX_CACHE_DIR from conftest) and runs
     # in the repository root: pass the data folder as an absolute path.
     os.environ["MMJAX_DATA_DIR"] = os.path.abspath(os.environ["MMJAX_DATA_DIR"])
+    committed = os.path.join(NOTEBOOKS, f"{name}.ipynb")
+    with open(committed, "rb") as f:
+        stored = f.read()
     papermill.execute_notebook(
-        os.path.join(NOTEBOOKS, f"{name}.ipynb"),
+        committed,
         str(out),
         parameters=dict(SMOKE=True, RESULTS_PATH=str(results_path), **parameters),
         kernel_name=kernel_name,
@@ -70,6 +92,8 @@ def execute(name: str, tmp_path, kernel_name: str, **parameters) -> tuple[dict, 
         progress_bar=False,
         execution_timeout=600,
     )
+    with open(committed, "rb") as f:  # the smoke run wrote to tmp_path only
+        assert f.read() == stored, f"{committed} was overwritten by a smoke run"
     with open(results_path) as f:
         results = json.load(f)
     return results, nbformat.read(str(out), as_version=4)
@@ -85,17 +109,39 @@ def count_images(notebook) -> int:
     )
 
 
+def stored_run_problems(notebook, name: str) -> list[str]:
+    """What is wrong with a committed notebook's stored run (empty: outputs match the source)."""
+    rerun = f"re-run it: {execute_tool.command(os.path.join(NOTEBOOKS, name + '.ipynb'))}"
+    stamp = notebook.metadata.get("mmjax")
+    if not stamp:
+        return [f"{name}: stored without a run (no metadata.mmjax); {rerun}"]
+    problems = []
+    if stamp.get("source_sha256") != execute_tool.source_sha256(notebook):
+        problems.append(f"{name}: a cell changed since the stored run (source_sha256); {rerun}")
+    if stamp.get("executed", {}).get("smoke") is not False:
+        problems.append(f"{name}: the stored outputs are from a smoke run; {rerun}")
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    counts = [c.execution_count for c in code]
+    if counts != list(range(1, len(code) + 1)):
+        problems.append(f"{name}: execution counts {counts}, not 1..{len(code)}; {rerun}")
+    for index, cell in enumerate(code):
+        for output in cell.outputs:
+            if output.output_type == "error":
+                problems.append(f"{name}: code cell {index} stored an error ({output.ename})")
+    if count_images(notebook) == 0:
+        problems.append(f"{name}: no image/png output stored (plots missing); {rerun}")
+    return problems
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_notebook_is_stripped_and_parameterised(name):
+def test_notebook_is_parameterised_and_stored_with_its_run(name):
     path = os.path.join(NOTEBOOKS, f"{name}.ipynb")
     notebook = nbformat.read(path, as_version=4)
     nbformat.validate(notebook)
     code = [c for c in notebook.cells if c.cell_type == "code"]
-    for cell in code:
-        assert cell.outputs == [], f"{name}: a cell has outputs committed; strip them"
-        assert cell.execution_count is None, f"{name}: execution counts committed; strip them"
     assert code[0].metadata.get("tags") == ["parameters"], f"{name}: first code cell must be tagged"
     assert "SMOKE = False" in code[0].source and "RESULTS_PATH = None" in code[0].source
+    assert not any("injected-parameters" in c.metadata.get("tags", []) for c in notebook.cells)
     # Colab: installs from the repository only when running in Colab.
     setup = code[1].source
     assert '"google.colab" in sys.modules' in setup and '%pip install -q "git+{REPO_URL}"' in setup
@@ -105,6 +151,27 @@ def test_notebook_is_stripped_and_parameterised(name):
     transform = TransformerManager().transform_cell
     for cell in code:
         ast.parse(transform(cell.source))
+    # The outputs are those of a full run of this very source (notebooks/execute.py stamps it).
+    problems = stored_run_problems(notebook, name)
+    assert not problems, "\n".join(problems)
+
+
+def test_stored_run_check_catches_an_edited_cell():
+    notebook = nbformat.read(os.path.join(NOTEBOOKS, f"{NAMES[0]}.ipynb"), as_version=4)
+    assert stored_run_problems(notebook, NAMES[0]) == []
+    edited = copy.deepcopy(notebook)
+    cell = next(c for c in edited.cells if c.cell_type == "code" and "chance" in c.source)
+    cell.source = cell.source.replace("chance", "chancf", 1)  # one character
+    problems = stored_run_problems(edited, NAMES[0])
+    assert len(problems) == 1 and "source_sha256" in problems[0], problems
+    assert "python notebooks/execute.py notebooks/01_quickstart.ipynb" in problems[0]
+    # Outputs, counts and metadata are not source: the hash ignores them.
+    edited = copy.deepcopy(notebook)
+    edited.cells[1].outputs, edited.cells[1].metadata["x"] = [], 1
+    assert execute_tool.source_sha256(edited) == execute_tool.source_sha256(notebook)
+    # A markdown cell is source too, and so is a cell's type.
+    edited.cells[0].cell_type = "raw"
+    assert execute_tool.source_sha256(edited) != execute_tool.source_sha256(notebook)
 
 
 def test_quickstart(tmp_path, kernel_name):
