@@ -105,11 +105,26 @@ def _collapse_carriage_returns(text: str) -> str:
     return "\n".join(segments[-1] if segments else "" for segments in lines)
 
 
+def merge_streams(outputs: list) -> list:
+    """Joins consecutive outputs of one stream (tqdm redraws) and keeps what a terminal shows."""
+    merged: list = []
+    for output in outputs:
+        if (output.get("output_type") == "stream" and merged
+                and merged[-1].get("output_type") == "stream" and merged[-1]["name"] == output["name"]):
+            merged[-1]["text"] += output["text"]
+        else:
+            merged.append(copy.deepcopy(output))
+    for output in merged:
+        if output.get("output_type") == "stream":
+            output["text"] = _collapse_carriage_returns(output["text"])
+    return merged
+
+
 def clean(executed: Any, original: Any) -> Any:
     """The executed notebook without papermill's traces, with the original's metadata.
 
     Removes the ``injected-parameters`` cell, papermill's and nbclient's per-cell metadata
-    (status, timestamps, durations), empty ``tags`` and progress-bar redraws in stream outputs.
+    (status, timestamps, durations), empty ``tags`` and progress-bar redraws (:func:`merge_streams`).
     """
     nb = copy.deepcopy(executed)
     nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
@@ -118,9 +133,8 @@ def clean(executed: Any, original: Any) -> Any:
             cell.metadata.pop(key, None)
         if cell.metadata.get("tags") == []:
             del cell.metadata["tags"]
-        for output in cell.get("outputs", []):
-            if output.get("output_type") == "stream":
-                output["text"] = _collapse_carriage_returns(output["text"])
+        if cell.cell_type == "code":
+            cell.outputs = merge_streams(cell.outputs)
     nb.metadata = copy.deepcopy(original.metadata)
     return nb
 
