@@ -172,6 +172,8 @@ def execute(path: str, *, smoke: bool = False, timeout: float = 1800.0) -> dict[
     info = run_info(env)
     cwd = os.path.join(scratch, "cwd")
     os.makedirs(cwd)
+    # notebook 03 imports benchmarks/maml_orders.py from ./benchmarks (as in a clone)
+    os.symlink(os.path.join(ROOT, "benchmarks"), os.path.join(cwd, "benchmarks"))
     out = os.path.join(scratch, os.path.basename(path))
     saved_env = dict(os.environ)
     os.environ.clear()
