@@ -1,4 +1,5 @@
-"""MAML++ pieces (Antoniou et al. 2019), usable separately: LSLR and the multi-step loss.
+"""MAML++ pieces (Antoniou et al. 2019), usable separately: LSLR, the multi-step loss and
+per-step batch-norm weights and biases.
 
 - **LSLR** (learned per-layer per-step inner learning rates): the inner rate of parameter
   tensor ``l`` at inner step ``j`` is a meta-parameter ``α[l][j]``; meta-parameters are
@@ -7,16 +8,26 @@
 - **Multi-step loss**: the task loss is ``Σ_j w_j L_query(φ_j)``, the query loss after every
   inner step, with weights annealed from uniform towards the last step
   (:func:`multi_step_weights`, the schedule of the MAML++ code).
+- **Per-step batch-norm weights and biases** (MAML++'s "BNWB"): the meta-parameters gain
+  ``"per_step_bn": β``, a copy of every batch-norm ``scale``/``bias`` leaf of ``θ`` (those of
+  the ``BatchStatNorm`` modules, the fused first Conv-4 block's included) with a leading axis
+  ``[num_steps + 1]`` (:func:`init_per_step_bn`). The parameters ``φ_k`` after ``k`` inner
+  steps are always run with copy ``k``: copy ``j`` in the support forward pass of inner step
+  ``j`` (``j < num_steps``), copy ``j + 1`` in the query loss after step ``j`` (multi-step
+  loss), copy ``num_steps`` in the final query loss and at evaluation. (The MAML++ code keeps
+  ``num_steps`` copies and scores the query after step ``j`` with copy ``j``; here the final
+  query has a copy of its own.) The copies are meta-learned and not adapted in the inner loop
+  (MAML++'s setting with the BN parameters not inner-loop optimisable); ``θ``'s own batch-norm
+  leaves are then unused (zero meta-gradient). mmjax's batch norm always uses the batch's
+  statistics, so there are no running statistics to keep per step (MAML++'s "BNRS").
 - **Derivative-order annealing** is ``first_order_until`` of
   :class:`mmjax.meta.meta_gradients.MetaGradient`.
-
-Per-step batch-norm parameters (BNRS) are not implemented: the Conv-4's batch norm has
-one ``scale``/``bias`` per layer, shared by every inner step.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 
 import chex
 import flax.linen as nn
@@ -34,6 +45,113 @@ def init_lslr(params: Params, *, num_steps: int, inner_lr: float) -> Params:
     """Per-layer per-step rates: every leaf of ``params`` becomes ``[num_steps]`` of ``inner_lr``."""
     common.check_settings(inner_lr=inner_lr, num_steps=num_steps)
     return jax.tree.map(lambda p: jnp.full((num_steps,), inner_lr, jnp.result_type(p)), params)
+
+
+# Flax module-name prefixes whose ``scale``/``bias`` parameters are batch norm's.
+BATCH_NORM_MODULES = ("BatchStatNorm", "BatchNorm")
+_BATCH_NORM_LEAVES = ("scale", "bias")
+
+
+def _path_key(path: tuple) -> tuple:
+    """A ``tree_flatten_with_path`` path as a tuple of plain dict keys."""
+    return tuple(getattr(entry, "key", getattr(entry, "name", entry)) for entry in path)
+
+
+def _path_name(key: tuple) -> str:
+    return "".join(f"[{part!r}]" for part in key)
+
+
+def batch_norm_leaves(params: Params) -> dict[tuple, chex.Array]:
+    """The batch-norm ``scale``/``bias`` leaves of a Flax parameter tree, by path.
+
+    A leaf is batch norm's when it is named ``scale`` or ``bias`` and its module's name starts
+    with one of ``BATCH_NORM_MODULES`` (``BatchStatNorm_0``, ...). Returns ``{path: leaf}``,
+    ``path`` a tuple of dict keys (``("params", "BatchStatNorm_0", "scale")``).
+
+    Raises:
+      ValueError: ``params`` has no such leaf (per-step batch norm needs one).
+    """
+    leaves = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        key = _path_key(path)
+        if (
+            len(key) >= 2
+            and key[-1] in _BATCH_NORM_LEAVES
+            and isinstance(key[-2], str)
+            and key[-2].startswith(BATCH_NORM_MODULES)
+        ):
+            leaves[key] = leaf
+    if not leaves:
+        raise ValueError(
+            "per_step_bn needs a model with batch-norm parameters (the scale/bias of a "
+            f"module named {' or '.join(BATCH_NORM_MODULES)}_*); these parameters have none"
+        )
+    return leaves
+
+
+def _nested(flat: dict[tuple, chex.Array]) -> dict:
+    """``{path: leaf}`` as nested dicts."""
+    tree: dict = {}
+    for key, leaf in flat.items():
+        node = tree
+        for part in key[:-1]:
+            node = node.setdefault(part, {})
+        node[key[-1]] = leaf
+    return tree
+
+
+def init_per_step_bn(params: Params, *, num_steps: int) -> Params:
+    """Per-step copies of ``params``' batch-norm leaves: each ``[C]`` leaf becomes ``[num_steps + 1, C]``.
+
+    Every copy equals the model's own leaf, so at init the per-step model is MAML with its
+    batch-norm parameters frozen in the inner loop. The result is nested dicts holding only
+    the batch-norm paths of ``params`` (:func:`batch_norm_leaves`); copy ``k`` is used with the
+    parameters after ``k`` inner steps (see the module docstring).
+    """
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
+        raise ValueError(f"num_steps must be an int >= 0; got {num_steps!r}")
+    leaves = batch_norm_leaves(params)
+    copies = {k: jnp.repeat(jnp.asarray(v)[None], num_steps + 1, axis=0) for k, v in leaves.items()}
+    return _nested(copies)
+
+
+def _check_per_step_bn(per_step_bn: Params, params: Params, num_steps: int) -> None:
+    """``per_step_bn`` holds exactly ``params``' batch-norm paths, each ``[num_steps + 1, ...]``."""
+    expected = batch_norm_leaves(params)
+    if not isinstance(per_step_bn, Mapping):
+        raise ValueError(
+            f"per_step_bn must be nested dicts of batch-norm copies (see init_per_step_bn); "
+            f"got {type(per_step_bn).__name__}"
+        )
+    given = {_path_key(p): v for p, v in jax.tree_util.tree_flatten_with_path(per_step_bn)[0]}
+    missing = [_path_name(k) for k in expected if k not in given]
+    extra = [_path_name(k) for k in given if k not in expected]
+    if missing or extra:
+        raise ValueError(
+            "per_step_bn must hold exactly the batch-norm leaves of the model (see "
+            f"init_per_step_bn); missing {missing}, not batch norm's {extra}"
+        )
+    for key, leaf in expected.items():
+        want = (num_steps + 1, *jnp.shape(leaf))
+        if jnp.shape(given[key]) != want:
+            raise ValueError(
+                f"per_step_bn leaf {_path_name(key)} has shape {jnp.shape(given[key])}; "
+                f"expected {want}: one copy per inner step and one for the query "
+                f"(num_steps + 1 = {num_steps + 1})"
+            )
+
+
+def with_batch_norm(params: Params, copy: Params) -> Params:
+    """``params`` with its batch-norm leaves replaced by those of ``copy`` (same paths, same shapes).
+
+    ``copy`` is one step of :func:`init_per_step_bn`'s copies (every leaf indexed ``[k]``).
+    """
+    flat = {_path_key(p): v for p, v in jax.tree_util.tree_flatten_with_path(copy)[0]}
+    return jax.tree_util.tree_map_with_path(lambda p, v: flat.get(_path_key(p), v), params)
+
+
+def _copy_at(per_step_bn: Params | None, index: int | slice) -> Params | None:
+    return None if per_step_bn is None else jax.tree.map(lambda c: c[index], per_step_bn)
 
 
 def multi_step_weights(
@@ -70,6 +188,7 @@ def adapt_per_step(
     lslr: bool,
     first_order_steps: int = 0,
     query_losses: bool = False,
+    per_step_bn: Params | None = None,
 ) -> tuple[Params, chex.Array, chex.Array]:
     """Inner SGD on the support set; optionally the query loss after every step.
 
@@ -84,23 +203,35 @@ def adapt_per_step(
       first_order_steps: the first this many steps stop the gradient through the inner
         gradients (truncated back-propagation; ``num_steps``: first order).
       query_losses: also compute the query loss after every step.
+      per_step_bn: per-step batch-norm copies (:func:`init_per_step_bn`, leaves
+        ``[num_steps + 1, ...]``): step ``j``'s support pass runs with copy ``j``, the query
+        loss after it with copy ``j + 1``; the copies are not adapted.
 
     Returns:
       ``(adapted, support_losses, query_losses)``, the losses ``[num_steps]`` (support
-      before each step, query after each; zeros when ``query_losses`` is false).
+      before each step, query after each; zeros when ``query_losses`` is false). With
+      ``per_step_bn`` the batch-norm leaves of ``adapted`` are copy ``num_steps`` (those
+      the query is scored with).
     """
     common.check_settings(inner_lr=0.1 if lslr else inner_lr, num_steps=num_steps)
     if lslr:
         _check_lslr(inner_lr, params, num_steps)
+    if per_step_bn is not None:
+        _check_per_step_bn(per_step_bn, params, num_steps)
     support = (episode.support_inputs, episode.support_labels)
 
-    def step(first_order, current, lr):
-        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(current, *support)
+    def run(current, copy):  # the parameters a forward pass uses
+        return current if copy is None else with_batch_norm(current, copy)
+
+    def step(first_order, current, xs):
+        lr = xs["inner_lr"] if lslr else inner_lr
+        support_loss = lambda p: loss_fn(run(p, xs["bn"]), *support)
+        (loss, _), grads = jax.value_and_grad(support_loss, has_aux=True)(current)
         if first_order:
             grads = jax.lax.stop_gradient(grads)
         current = common.sgd_update(current, grads, lr)
         query = (
-            loss_fn(current, episode.query_inputs, episode.query_labels)[0]
+            loss_fn(run(current, xs["bn_next"]), episode.query_inputs, episode.query_labels)[0]
             if query_losses
             else jnp.zeros_like(loss)
         )
@@ -111,14 +242,17 @@ def adapt_per_step(
     for first_order, steps in ((True, range(head)), (False, range(head, num_steps))):
         if not steps:
             continue
-        if lslr:
-            rates = jax.tree.map(lambda r, s=steps: r[s.start : s.stop], inner_lr)
-            body = functools.partial(step, first_order)
-            params, out = jax.lax.scan(body, params, rates)
-        else:
-            body = lambda c, _, fo=first_order: step(fo, c, inner_lr)
-            params, out = jax.lax.scan(body, params, None, length=len(steps))
+        xs = {
+            "inner_lr": jax.tree.map(lambda r, s=steps: r[s.start : s.stop], inner_lr)
+            if lslr
+            else None,
+            "bn": _copy_at(per_step_bn, slice(steps.start, steps.stop)),
+            "bn_next": _copy_at(per_step_bn, slice(steps.start + 1, steps.stop + 1)),
+        }
+        body = functools.partial(step, first_order)
+        params, out = jax.lax.scan(body, params, xs, length=len(steps))
         losses.append(out)
+    params = run(params, _copy_at(per_step_bn, num_steps))
     if not losses:
         zero = jnp.zeros((0,))
         return params, zero, zero
@@ -134,6 +268,7 @@ def multi_step_task_loss(
     inner_lr: float = 0.4,
     num_steps: int,
     lslr: bool = True,
+    per_step_bn: bool = False,
     step_weights: chex.Array | None = None,
     meta_gradient: str | meta_gradients.MetaGradient = "exact",
     meta_step: chex.Array | None = None,
@@ -141,9 +276,12 @@ def multi_step_task_loss(
     """MAML++ loss of one task: ``Σ_j w_j L_query(φ_j)``, or ``L_query(φ_N)`` without weights.
 
     Args:
-      meta_params: ``{"model": θ, "inner_lr": α}`` with ``lslr`` (``α`` leaves
-        ``[num_steps]``), else ``θ`` with the scalar ``inner_lr``.
+      meta_params: ``θ`` with the scalar ``inner_lr``, or (with ``lslr`` or ``per_step_bn``)
+        ``{"model": θ, "inner_lr": α, "per_step_bn": β}`` holding ``"inner_lr"`` (``α``
+        leaves ``[num_steps]``) exactly with ``lslr`` and ``"per_step_bn"``
+        (:func:`init_per_step_bn`, leaves ``[num_steps + 1, ...]``) exactly with ``per_step_bn``.
       episode: one task, no task axis.
+      per_step_bn: run the parameters after ``k`` inner steps with batch-norm copy ``k``.
       step_weights: ``[num_steps]`` multi-step weights (e.g. :func:`multi_step_weights`);
         ``None``: the query loss after the last step only.
       meta_gradient: ``"exact"``, ``"first_order"`` or ``"truncated"`` (``"implicit"`` has
@@ -159,14 +297,14 @@ def multi_step_task_loss(
     meta_gradients.check_num_steps(spec, num_steps)
     if spec.annealed:
         settings = {"loss_fn": loss_fn, "inner_lr": inner_lr, "num_steps": num_steps}
-        settings.update(lslr=lslr, step_weights=step_weights)
+        settings.update(lslr=lslr, per_step_bn=per_step_bn, step_weights=step_weights)
         loss_of = lambda mode_spec, p: multi_step_task_loss(
             p, episode, meta_gradient=mode_spec, **settings
         )
         return meta_gradients.anneal_order(spec, meta_step, loss_of, meta_params)
     exact_steps = {"exact": num_steps, "first_order": 0}.get(spec.mode, spec.truncate)
-    params, rates = (
-        (meta_params["model"], meta_params["inner_lr"]) if lslr else (meta_params, inner_lr)
+    params, rates, copies = split_meta_params(
+        meta_params, lslr=lslr, per_step_bn=per_step_bn, inner_lr=inner_lr
     )
     adapted, support_losses, query_losses = adapt_per_step(
         params,
@@ -177,6 +315,7 @@ def multi_step_task_loss(
         lslr=lslr,
         first_order_steps=num_steps - exact_steps,
         query_losses=step_weights is not None,
+        per_step_bn=copies,
     )
     final, metrics = loss_fn(adapted, episode.query_inputs, episode.query_labels)
     metrics = dict(metrics, final_query_loss=final)
@@ -186,6 +325,27 @@ def multi_step_task_loss(
         return final, metrics
     chex.assert_shape(step_weights, (num_steps,))
     return jnp.sum(step_weights * query_losses), metrics
+
+
+def split_meta_params(
+    meta_params: Params, *, lslr: bool, per_step_bn: bool, inner_lr: float
+) -> tuple[Params, float | Params, Params | None]:
+    """``(θ, inner rates, per-step batch-norm copies or None)`` of MAML++'s meta-parameters.
+
+    ``meta_params`` is ``θ`` when neither ``lslr`` nor ``per_step_bn`` (the rate is then the
+    scalar ``inner_lr``), else ``{"model": θ[, "inner_lr": α][, "per_step_bn": β]}``.
+    """
+    if not (lslr or per_step_bn):
+        return meta_params, inner_lr, None
+    keys = ["model"] + ["inner_lr"] * lslr + ["per_step_bn"] * per_step_bn
+    if not isinstance(meta_params, Mapping) or sorted(meta_params) != sorted(keys):
+        found = sorted(meta_params) if isinstance(meta_params, Mapping) else type(meta_params)
+        raise ValueError(
+            f"meta_params must be a dict with keys {keys} (lslr={lslr}, "
+            f"per_step_bn={per_step_bn}; see the learner's init); got {found}"
+        )
+    rates = meta_params["inner_lr"] if lslr else inner_lr
+    return meta_params["model"], rates, meta_params["per_step_bn"] if per_step_bn else None
 
 
 def _check_lslr(inner_lr: Params, params: Params, num_steps: int) -> None:
@@ -206,6 +366,7 @@ def mamlpp_learner(
     inner_lr: float = 0.4,
     num_inner_steps: int = 5,
     lslr: bool = True,
+    per_step_bn: bool = False,
     multi_step_loss: bool = True,
     multi_step_anneal_steps: int = 10_000,
     meta_gradient: str = "exact",
@@ -221,6 +382,9 @@ def mamlpp_learner(
       inner_lr: initial (LSLR) or fixed inner rate.
       num_inner_steps: inner steps, at training and evaluation.
       lslr: learn per-layer per-step rates (:func:`init_lslr`).
+      per_step_bn: meta-learn a copy of the batch-norm parameters per inner step, used at
+        training and evaluation, not adapted (:func:`init_per_step_bn`; the model must have
+        batch norm, else ``init`` raises).
       multi_step_loss: weighted query losses of every step, annealed over
         ``multi_step_anneal_steps`` meta-steps (:func:`multi_step_weights`).
       meta_gradient, truncate, first_order_until: see
@@ -244,14 +408,21 @@ def mamlpp_learner(
         raise ValueError("multi_step_loss needs num_inner_steps >= 1")
     loss_fn = common.classification_loss(model.apply)
     settings = {"loss_fn": loss_fn, "inner_lr": inner_lr, "num_steps": num_inner_steps}
-    settings["lslr"] = lslr
+    settings.update(lslr=lslr, per_step_bn=per_step_bn)
+    if not isinstance(per_step_bn, bool):
+        raise ValueError(f"per_step_bn must be a bool; got {per_step_bn!r}")
 
     def init(key: chex.PRNGKey, example_inputs: chex.ArrayTree) -> Params:
         params = model.init(key, example_inputs)
-        if not lslr:
+        if not (lslr or per_step_bn):
             return params
-        return {"model": params, "inner_lr": init_lslr(params, num_steps=num_inner_steps,
-                                                         inner_lr=inner_lr)}  # fmt: skip
+        meta_params = {"model": params}
+        if lslr:
+            meta_params["inner_lr"] = init_lslr(params, num_steps=num_inner_steps,
+                                                inner_lr=inner_lr)  # fmt: skip
+        if per_step_bn:
+            meta_params["per_step_bn"] = init_per_step_bn(params, num_steps=num_inner_steps)
+        return meta_params
 
     def meta_grad(meta_params: Params, episodes: Episode, meta_step: chex.Array | None = None):
         weights = None
@@ -270,14 +441,15 @@ def mamlpp_learner(
         return batching.grad_over_tasks(per_task, meta_params, episodes, task_batching)
 
     def eval_task(meta_params: Params, episode: Episode):
-        params, rates = (meta_params["model"], meta_params["inner_lr"]) if lslr else (
-            meta_params, inner_lr)  # fmt: skip
+        params, rates, copies = split_meta_params(
+            meta_params, lslr=lslr, per_step_bn=per_step_bn, inner_lr=inner_lr
+        )
 
         def adapt(params, support_inputs, support_labels):
             support = episode._replace(support_inputs=support_inputs, support_labels=support_labels)
             adapted, support_losses, _ = adapt_per_step(
                 params, support, loss_fn=loss_fn, inner_lr=rates, num_steps=num_inner_steps,
-                lslr=lslr,
+                lslr=lslr, per_step_bn=copies,
             )  # fmt: skip
             return adapted, support_losses
 
