@@ -55,6 +55,7 @@ import sys
 import time
 
 from mmjax import storage  # output files: local folders or gs:// (etils.epath)
+from mmjax.train import throughput
 
 ORDERS = ("second", "first")
 # --dataset -> defaults applied unless the flag is given (image_size, channels, Conv-4 pool,
@@ -947,7 +948,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         storage.append_text(jsonl, json.dumps(row) + "\n")
     first = rows[0]
     header = (
-        f"Machine: {platform.machine()} ({_cpu_name()}), {os.cpu_count()} CPUs; backend "
+        f"Machine: {platform.machine()} ({throughput.cpu_name()}), {os.cpu_count()} CPUs; backend "
         f"{first['backend']} ({first['device']}); jax {first['jax']}; conv "
         f"{first['conv_impl_resolved']}; tasks by {first['task_batching_resolved']}; "
         f"measured f32 matmul peak {peak:.1f} GFLOP/s; FLOPs from "
@@ -1009,17 +1010,6 @@ def _slug(spec: dict) -> str:
         f"{spec['order']}_k{spec['inner_steps']}_remat{int(spec['remat'])}_"
         f"{spec['ways']}w{spec['shots']}s{spec['queries']}q_mb{spec['meta_batch']}"
     )
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 _CHILD_TASKS = {

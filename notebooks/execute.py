@@ -64,18 +64,6 @@ def command(path: str) -> str:
     return f"nice -n 19 python notebooks/execute.py {relative}"
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else whatever ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def kernel_environment() -> dict[str, str]:
     """This environment, with the repository first on ``PYTHONPATH`` and an absolute data dir."""
     env = dict(os.environ)
@@ -95,6 +83,8 @@ def run_info(env: Mapping[str, str]) -> dict[str, Any]:
         [sys.executable, "-c", probe], env=dict(env), capture_output=True, text=True, check=True
     )
     info = json.loads(out.stdout.strip().splitlines()[-1])
+    from mmjax.train.throughput import cpu_name
+
     machine = f"{platform.system()} {platform.machine()}, {cpu_name()}, {os.cpu_count()} cores"
     return {"machine": machine, **info}
 

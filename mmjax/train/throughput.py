@@ -8,6 +8,7 @@ the host's, since then the arrays live in host memory.
 
 from __future__ import annotations
 
+import platform
 import resource
 import sys
 
@@ -71,3 +72,15 @@ def progress_postfix(record: dict) -> dict[str, str]:
     elif "host_peak_rss_bytes" in record:
         postfix["host_rss"] = _gib(record["host_peak_rss_bytes"])
     return postfix
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else whatever ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
