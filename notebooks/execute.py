@@ -30,6 +30,7 @@ import tempfile
 import time
 from typing import Any, Mapping
 
+PROBE_TIMEOUT_S = 300  # seconds for the backend probe (jax import and device start-up)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNEL = "mmjax-execute-python"
 # What papermill/nbclient add to every cell's metadata.
@@ -79,9 +80,16 @@ def run_info(env: Mapping[str, str]) -> dict[str, Any]:
         "import json, jax; d = jax.devices(); print(json.dumps({'jax': jax.__version__, "
         "'backend': jax.default_backend(), 'devices': f'{len(d)} x {d[0].device_kind}'}))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], env=dict(env), capture_output=True, text=True, check=True
-    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", probe], env=dict(env), capture_output=True, text=True,
+            check=True, timeout=PROBE_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise SystemExit(
+            f"probing jax's backend took over {PROBE_TIMEOUT_S} s (a stuck accelerator "
+            "runtime?); nothing was run or written"
+        ) from None
     info = json.loads(out.stdout.strip().splitlines()[-1])
     from mmjax.train.throughput import cpu_name
 
