@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from mmjax.nn.conv_norm import conv_batch_norm_relu
 from mmjax.nn.norm import batch_norm
+from mmjax.nn.pool import max_pool_2x2
 from mmjax.validation import check_float_dtype
 
 CONV_IMPLS = ("auto", "im2col", "lax")
@@ -267,5 +268,5 @@ class Conv4(nn.Module):
             else:
                 x = BatchStatNorm(relu=True)(conv(x))
             if self.pool == "max":
-                x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+                x = max_pool_2x2(x)
         return jnp.mean(x, axis=(1, 2))
