@@ -76,13 +76,15 @@ ALGORITHMS: dict[str, dict] = {
         "images": dict(_MAML_IMAGES, first_order=True),
         "images_run": _IMAGES_MAML,
     },
-    # MAML++ (Antoniou et al. 2019): LSLR, multi-step loss, derivative-order annealing.
+    # MAML++ (Antoniou et al. 2019): LSLR, multi-step loss, derivative-order annealing,
+    # per-step batch norm (off by default).
     "mamlpp": {
         "learner": "mamlpp",
         "omniglot": {
             "inner_lr": 0.4,
             "num_inner_steps": 5,
             "lslr": True,  # learned per-layer per-step inner rates
+            "per_step_bn": False,  # a meta-learned batch-norm scale/bias copy per inner step
             "multi_step_loss": True,
             "multi_step_anneal_steps": 10_000,  # meta-steps from uniform to last-step weights
             "meta_gradient": "exact",  # "exact", "first_order" or "truncated"

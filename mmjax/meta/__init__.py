@@ -5,8 +5,9 @@ maml, mamlpp, anil, metasgd, reptile, protonet, relationnet, mmaml, maml_regress
 meta-training step for it (``make_step(learner, optimizer, mesh=...)``). Each algorithm is
 one module (``maml``, ``maml_plus_plus``, ``anil``, ``metasgd``, ``reptile``,
 ``protonet``, ``relation``, ``mmaml``, ``maml_regression``); the interface is in
-``learner``, the shared pieces in ``common``, task batching in ``task_batching``, the step
-in ``step`` and the devices in ``parallel``.
+``learner``, the shared pieces in ``common``, task batching in ``task_batching``, MAML++'s
+per-step batch-norm copies in ``per_step_bn``, the step in ``step`` and the devices in
+``parallel``.
 """
 
 from mmjax.meta.anil import anil_learner

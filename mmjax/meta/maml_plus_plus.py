@@ -18,7 +18,8 @@ per-step batch-norm weights and biases.
   ``num_steps`` copies and scores the query after step ``j`` with copy ``j``; here the final
   query has a copy of its own.) The copies are meta-learned and not adapted in the inner loop
   (MAML++'s setting with the BN parameters not inner-loop optimisable); ``θ``'s own batch-norm
-  leaves are then unused (zero meta-gradient). mmjax's batch norm always uses the batch's
+  leaves are then unused (zero meta-gradient). The path helpers are in
+  :mod:`mmjax.meta.per_step_bn`. mmjax's batch norm always uses the batch's
   statistics, so there are no running statistics to keep per step (MAML++'s "BNRS").
 - **Derivative-order annealing** is ``first_order_until`` of
   :class:`mmjax.meta.meta_gradients.MetaGradient`.
@@ -40,118 +41,22 @@ from mmjax.meta import task_batching as batching
 from mmjax.meta.common import Params
 from mmjax.meta.learner import MetaLearner, register
 
+# The per-step batch-norm helpers live in mmjax.meta.per_step_bn; re-exported here, where
+# they were first defined.
+from mmjax.meta.per_step_bn import (  # noqa: F401
+    BATCH_NORM_MODULES,
+    batch_norm_leaves,
+    check_per_step_bn,
+    copy_at,
+    init_per_step_bn,
+    with_batch_norm,
+)
+
 
 def init_lslr(params: Params, *, num_steps: int, inner_lr: float) -> Params:
     """Per-layer per-step rates: every leaf of ``params`` becomes ``[num_steps]`` of ``inner_lr``."""
     common.check_settings(inner_lr=inner_lr, num_steps=num_steps)
     return jax.tree.map(lambda p: jnp.full((num_steps,), inner_lr, jnp.result_type(p)), params)
-
-
-# Flax module-name prefixes whose ``scale``/``bias`` parameters are batch norm's.
-BATCH_NORM_MODULES = ("BatchStatNorm", "BatchNorm")
-_BATCH_NORM_LEAVES = ("scale", "bias")
-
-
-def _path_key(path: tuple) -> tuple:
-    """A ``tree_flatten_with_path`` path as a tuple of plain dict keys."""
-    return tuple(getattr(entry, "key", getattr(entry, "name", entry)) for entry in path)
-
-
-def _path_name(key: tuple) -> str:
-    return "".join(f"[{part!r}]" for part in key)
-
-
-def batch_norm_leaves(params: Params) -> dict[tuple, chex.Array]:
-    """The batch-norm ``scale``/``bias`` leaves of a Flax parameter tree, by path.
-
-    A leaf is batch norm's when it is named ``scale`` or ``bias`` and its module's name starts
-    with one of ``BATCH_NORM_MODULES`` (``BatchStatNorm_0``, ...). Returns ``{path: leaf}``,
-    ``path`` a tuple of dict keys (``("params", "BatchStatNorm_0", "scale")``).
-
-    Raises:
-      ValueError: ``params`` has no such leaf (per-step batch norm needs one).
-    """
-    leaves = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        key = _path_key(path)
-        if (
-            len(key) >= 2
-            and key[-1] in _BATCH_NORM_LEAVES
-            and isinstance(key[-2], str)
-            and key[-2].startswith(BATCH_NORM_MODULES)
-        ):
-            leaves[key] = leaf
-    if not leaves:
-        raise ValueError(
-            "per_step_bn needs a model with batch-norm parameters (the scale/bias of a "
-            f"module named {' or '.join(BATCH_NORM_MODULES)}_*); these parameters have none"
-        )
-    return leaves
-
-
-def _nested(flat: dict[tuple, chex.Array]) -> dict:
-    """``{path: leaf}`` as nested dicts."""
-    tree: dict = {}
-    for key, leaf in flat.items():
-        node = tree
-        for part in key[:-1]:
-            node = node.setdefault(part, {})
-        node[key[-1]] = leaf
-    return tree
-
-
-def init_per_step_bn(params: Params, *, num_steps: int) -> Params:
-    """Per-step copies of ``params``' batch-norm leaves: each ``[C]`` leaf becomes ``[num_steps + 1, C]``.
-
-    Every copy equals the model's own leaf, so at init the per-step model is MAML with its
-    batch-norm parameters frozen in the inner loop. The result is nested dicts holding only
-    the batch-norm paths of ``params`` (:func:`batch_norm_leaves`); copy ``k`` is used with the
-    parameters after ``k`` inner steps (see the module docstring).
-    """
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
-        raise ValueError(f"num_steps must be an int >= 0; got {num_steps!r}")
-    leaves = batch_norm_leaves(params)
-    copies = {k: jnp.repeat(jnp.asarray(v)[None], num_steps + 1, axis=0) for k, v in leaves.items()}
-    return _nested(copies)
-
-
-def _check_per_step_bn(per_step_bn: Params, params: Params, num_steps: int) -> None:
-    """``per_step_bn`` holds exactly ``params``' batch-norm paths, each ``[num_steps + 1, ...]``."""
-    expected = batch_norm_leaves(params)
-    if not isinstance(per_step_bn, Mapping):
-        raise ValueError(
-            f"per_step_bn must be nested dicts of batch-norm copies (see init_per_step_bn); "
-            f"got {type(per_step_bn).__name__}"
-        )
-    given = {_path_key(p): v for p, v in jax.tree_util.tree_flatten_with_path(per_step_bn)[0]}
-    missing = [_path_name(k) for k in expected if k not in given]
-    extra = [_path_name(k) for k in given if k not in expected]
-    if missing or extra:
-        raise ValueError(
-            "per_step_bn must hold exactly the batch-norm leaves of the model (see "
-            f"init_per_step_bn); missing {missing}, not batch norm's {extra}"
-        )
-    for key, leaf in expected.items():
-        want = (num_steps + 1, *jnp.shape(leaf))
-        if jnp.shape(given[key]) != want:
-            raise ValueError(
-                f"per_step_bn leaf {_path_name(key)} has shape {jnp.shape(given[key])}; "
-                f"expected {want}: one copy per inner step and one for the query "
-                f"(num_steps + 1 = {num_steps + 1})"
-            )
-
-
-def with_batch_norm(params: Params, copy: Params) -> Params:
-    """``params`` with its batch-norm leaves replaced by those of ``copy`` (same paths, same shapes).
-
-    ``copy`` is one step of :func:`init_per_step_bn`'s copies (every leaf indexed ``[k]``).
-    """
-    flat = {_path_key(p): v for p, v in jax.tree_util.tree_flatten_with_path(copy)[0]}
-    return jax.tree_util.tree_map_with_path(lambda p, v: flat.get(_path_key(p), v), params)
-
-
-def _copy_at(per_step_bn: Params | None, index: int | slice) -> Params | None:
-    return None if per_step_bn is None else jax.tree.map(lambda c: c[index], per_step_bn)
 
 
 def multi_step_weights(
@@ -217,7 +122,7 @@ def adapt_per_step(
     if lslr:
         _check_lslr(inner_lr, params, num_steps)
     if per_step_bn is not None:
-        _check_per_step_bn(per_step_bn, params, num_steps)
+        check_per_step_bn(per_step_bn, params, num_steps)
     support = (episode.support_inputs, episode.support_labels)
 
     def run(current, copy):  # the parameters a forward pass uses
@@ -246,13 +151,13 @@ def adapt_per_step(
             "inner_lr": jax.tree.map(lambda r, s=steps: r[s.start : s.stop], inner_lr)
             if lslr
             else None,
-            "bn": _copy_at(per_step_bn, slice(steps.start, steps.stop)),
-            "bn_next": _copy_at(per_step_bn, slice(steps.start + 1, steps.stop + 1)),
+            "bn": copy_at(per_step_bn, slice(steps.start, steps.stop)),
+            "bn_next": copy_at(per_step_bn, slice(steps.start + 1, steps.stop + 1)),
         }
         body = functools.partial(step, first_order)
         params, out = jax.lax.scan(body, params, xs, length=len(steps))
         losses.append(out)
-    params = run(params, _copy_at(per_step_bn, num_steps))
+    params = run(params, copy_at(per_step_bn, num_steps))
     if not losses:
         zero = jnp.zeros((0,))
         return params, zero, zero

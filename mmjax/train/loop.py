@@ -192,7 +192,13 @@ def build_run(config: ml_collections.ConfigDict):
     learner = builders.build_learner(config, builders.build_model(config))
     optimizer = builders.build_optimizer(config)
     example = jax.tree.map(lambda x: x[0, : config.shots * config.ways], splits["train"])
-    return splits, learner, optimizer, init_state(config, learner, optimizer, example)
+    try:
+        state = init_state(config, learner, optimizer, example)
+    except ValueError as error:  # a learner setting the model cannot take (mamlpp.per_step_bn)
+        raise ValueError(
+            f"config.{config.algorithm}: {error} (model.encoder={config.model.encoder!r})"
+        ) from None
+    return splits, learner, optimizer, state
 
 
 class _StopRequest:

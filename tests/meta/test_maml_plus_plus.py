@@ -14,7 +14,7 @@ import pytest
 from mmjax.meta import make_learner, make_step, maml
 from mmjax.meta import maml_plus_plus as mpp
 from mmjax.meta.meta_gradients import MetaGradient
-from mmjax.nn import MLP, Classifier, Conv4
+from mmjax.nn import MLP
 from mmjax.nn.conv import BatchStatNorm
 from tests.meta.test_meta_gradients import WAYS, _grad, _mlp_setup, _rel_error, _task
 
@@ -278,21 +278,6 @@ def test_a_jitted_make_step_learns_the_per_step_copies():
     chex.assert_trees_all_equal(
         new["model"]["params"]["BatchStatNorm_0"], meta["model"]["params"]["BatchStatNorm_0"]
     )
-
-
-def test_conv4_batch_norm_leaves_include_the_fused_first_block():
-    model = Classifier(Conv4(features=2, num_blocks=2), num_classes=WAYS)
-    params = model.init(jax.random.key(0), jnp.zeros((2, 6, 6, 1)))
-    copies = mpp.init_per_step_bn(params, num_steps=STEPS)["params"]["encoder"]
-    assert sorted(copies) == ["BatchStatNorm_0", "BatchStatNorm_1"]  # the fused block first
-    chex.assert_shape(jax.tree.leaves(copies), (STEPS + 1, 2))
-    bumped = jax.tree.map(lambda c: c[0] + 1.0, {"params": {"encoder": copies}})
-    replaced = mpp.with_batch_norm(params, bumped)
-    for block in ("BatchStatNorm_0", "BatchStatNorm_1"):
-        for name in ("scale", "bias"):
-            original = params["params"]["encoder"][block][name]
-            np.testing.assert_array_equal(replaced["params"]["encoder"][block][name], original + 1)
-    chex.assert_trees_all_equal(replaced["params"]["head"], params["params"]["head"])
 
 
 def test_per_step_bn_errors_name_the_problem():
