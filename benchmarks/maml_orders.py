@@ -22,7 +22,10 @@ With ``--accuracy`` each configuration is also meta-trained on real Omniglot
 When torch + learn2learn import (in this interpreter or in ``--l2l_python``), each
 non-remat configuration is also timed with learn2learn's ``MAML`` + ``OmniglotCNN`` on
 identical shapes (``benchmarks/l2l_reference.py``), alternating processes ``--rounds``
-times, and the speed ratio is reported.
+times, and the speed ratio is reported. ``implicit`` rows are timed against TorchOpt's iMAML
+instead (``benchmarks/torchopt_reference.py``: the same learn2learn network, the same proximal
+inner loop, ``torchopt.diff.implicit.custom_root`` with CG; ``--torchopt_python``); the row's
+``reference`` and the table's ``reference`` column name the framework each ratio is against.
 
 ``--dataset miniimagenet`` uses mini-ImageNet's shapes and Finn et al.'s sizes (84x84x3,
 Conv-4 with 32 filters and max-pool, 5 inner steps of lr 0.01, meta-batch 4; random pixels)
@@ -429,6 +432,8 @@ def _in_child(task: str, spec: dict) -> dict:
 
 
 def _run_l2l(python: str, spec: dict) -> dict:
+    if spec["order"] == "implicit":
+        return _run_torchopt(python, spec)
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "l2l_reference.py")
     flags = []
     for name in (
@@ -453,6 +458,53 @@ def _run_l2l(python: str, spec: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _run_torchopt(python: str, spec: dict) -> dict:
+    """One ``torchopt_reference.py`` run (TorchOpt iMAML) on ``spec``'s shapes; its JSON line."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torchopt_reference.py")
+    flags = []
+    for name in (
+        "inner_steps", "ways", "shots", "queries", "meta_batch", "features", "image_size",
+        "repeats", "threads", "lam", "cg_steps",
+    ):  # fmt: skip
+        flags += [f"--{name}", str(spec[name])]
+    for name in ("dataset", "inner_lr"):
+        if name in spec:
+            flags += [f"--{name}", str(spec[name])]
+    out = subprocess.run([python, script, *flags], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"TorchOpt reference failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _has_torchopt(python: str) -> bool:
+    """Whether torch, learn2learn and torchopt import in interpreter ``python``."""
+    try:
+        out = subprocess.run(
+            [python, "-c", "import torch, learn2learn, torchopt"],
+            capture_output=True,
+            timeout=300,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0
+
+
+def _torchopt_python(args, l2l_python: str | None) -> str | None:
+    """The interpreter for implicit rows' TorchOpt reference, or None (no reference)."""
+    if args.l2l == "no" or "implicit" not in args.orders:
+        return None
+    if args.torchopt_python:
+        if not _has_torchopt(args.torchopt_python):
+            raise ValueError(
+                f"--torchopt_python {args.torchopt_python}: torch, learn2learn and torchopt "
+                "must import there (pip install torchopt learn2learn)"
+            )
+        return args.torchopt_python
+    if l2l_python and _has_torchopt(l2l_python):
+        return l2l_python
+    return None
+
+
 def _l2l_python(args) -> str | None:
     if args.l2l == "no":
         return None
@@ -471,6 +523,9 @@ def _l2l_python(args) -> str | None:
 # --------------------------------------------------------------------------- output
 
 
+REFERENCE_NAMES = {"learn2learn": "learn2learn", "torchopt": "TorchOpt"}
+
+
 def markdown(rows: list[dict], header: str = "") -> str:
     """Rows as a Markdown table (speed, memory, FLOPs; learn2learn and accuracy if present)."""
     head = (
@@ -478,8 +533,11 @@ def markdown(rows: list[dict], header: str = "") -> str:
         "| compile s | peak MB | XLA temp MB | GFLOP/step | % matmul peak |"
     )
     with_l2l = any("l2l_tasks_per_s" in r for r in rows)
+    with_reference = any(r.get("reference", "learn2learn") != "learn2learn" for r in rows)
     with_acc = any("test_accuracy" in r for r in rows)
-    if with_l2l:
+    if with_reference:  # some ratio is against TorchOpt: name each row's reference
+        head += " reference | reference tasks/s | speed-up |"
+    elif with_l2l:
         head += " learn2learn tasks/s | speed-up |"
     if with_acc:
         head += " train steps | test accuracy (95% CI) | with-support BN accuracy |"
@@ -495,6 +553,8 @@ def markdown(rows: list[dict], header: str = "") -> str:
             f"{100 * r['peak_fraction']:.0f}% |"
         )
         if with_l2l:
+            if with_reference:
+                line += f" {REFERENCE_NAMES.get(r.get('reference'), '-')} |"
             if "l2l_tasks_per_s" in r:
                 line += f" {r['l2l_tasks_per_s']:.1f} | {r['speedup_vs_l2l']:.2f}x |"
             else:
@@ -571,7 +631,8 @@ def plot(rows: list[dict], out_dir: str) -> list[str]:
                     marker="x",
                     linestyle=":",
                     color=colors[order],
-                    label=f"learn2learn {order} order",
+                    label=f"{REFERENCE_NAMES[line[0].get('reference', 'learn2learn')]} {order}"
+                    + ("" if order == "implicit" else " order"),
                 )
         ax.set_xticks(sorted({r["inner_steps"] for r in rows}))
         ax.set_xlabel("inner steps")
@@ -775,6 +836,13 @@ def _parser() -> argparse.ArgumentParser:
         help="interpreter with torch + learn2learn (default $MMJAX_L2L_PYTHON)",
     )
     parser.add_argument(
+        "--torchopt_python",
+        default=os.environ.get("MMJAX_TORCHOPT_PYTHON"),
+        help="interpreter with torch + learn2learn + torchopt for implicit rows' TorchOpt "
+        "reference (default $MMJAX_TORCHOPT_PYTHON, else --l2l_python when torchopt imports "
+        "there)",
+    )
+    parser.add_argument(
         "--accuracy",
         action="store_true",
         help="also meta-train each configuration on Omniglot and test it",
@@ -850,11 +918,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.quality_train_steps = min(args.quality_train_steps, 2)
         if "--quality_data" not in given:
             args.quality_data = "synthetic"
+    l2l_python = _l2l_python(args)
+    torchopt_python = _torchopt_python(args, l2l_python)  # refused early, before any timing
     storage.makedirs(args.out)
     run = (lambda task, spec: _CHILD_TASKS[task](spec)) if args.smoke else _in_child
     peak = run("peak", {"size": 512 if args.smoke else 2048})["matmul_peak_gflop_s"]
     print(f"matmul peak: {peak:.1f} GFLOP/s (f32, same backend)", flush=True)
-    l2l_python = _l2l_python(args)
     remats = {"no": [False], "yes": [True], "both": [False, True]}[args.remat]
     jsonl = storage.join(args.out, "maml_orders.jsonl")
     storage.write_text(jsonl, "")
@@ -894,13 +963,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if args.backbone == "resnet12":
                 spec["widths"] = list(args.resnet_widths)
         measured, references = [], []
+        reference_python = torchopt_python if order == "implicit" else l2l_python
         for _ in range(args.rounds):
             measured.append(run("measure", spec))
-            if l2l_python and not remat:
+            if reference_python and not remat:
                 for threads in args.l2l_threads:
                     references.append(
                         _run_l2l(
-                            l2l_python,
+                            reference_python,
                             dict(spec, repeats=args.l2l_repeats or args.repeats, threads=threads),
                         )
                     )
@@ -930,7 +1000,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 l2l_peak_memory_mb=max(r["peak_rss_mb"] for r in references),
                 l2l_threads=references[0]["threads"],
                 l2l_versions=f"learn2learn {references[0].get('learn2learn')}, "
-                f"torch {references[0]['torch']}",
+                f"torch {references[0]['torch']}"
+                + (
+                    f", torchopt {references[0]['torchopt']}"
+                    if references[0].get("framework") == "torchopt"
+                    else ""
+                ),
+                reference=references[0].get("framework", "learn2learn"),
                 speedup_vs_l2l=round(l2l_s / row["s_per_step"], 3),
             )
         if args.accuracy:
@@ -959,6 +1035,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"; learn2learn: {rows[0].get('l2l_versions', '-')}, fastest of torch threads "
             f"{args.l2l_threads} (0 = torch default)"
             if l2l_python
+            else ""
+        )
+        + (
+            "; implicit rows against TorchOpt's iMAML (custom_root + CG, same network and "
+            f"proximal inner loop): {next(r['l2l_versions'] for r in rows if r.get('reference') == 'torchopt')}"
+            if any(r.get("reference") == "torchopt" for r in rows)
             else ""
         )
         + ".\n"

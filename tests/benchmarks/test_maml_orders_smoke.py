@@ -183,3 +183,60 @@ def test_meta_gradient_modes_get_rows_and_a_gradient_quality_table(bench, tmp_pa
     )
     for name in ("gradient_error_vs_inner_steps.png", "time_vs_inner_steps.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _fake_python(path, script: str):
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+    return str(path)
+
+
+def _fake_measure(spec: dict) -> dict:
+    """A measured row without compiling anything (the plumbing under test is after it)."""
+    keys = ("order", "inner_steps", "remat", "ways", "shots", "queries", "meta_batch")
+    return dict(
+        {k: spec[k] for k in keys}, tasks_per_s=8.0, s_per_step=0.25, compile_s=1.0,
+        peak_memory_mb=100.0, xla_temp_mb=None, gflop_per_step=1.0, peak_fraction=0.01,
+        backend="cpu", device="cpu", jax="0", conv_impl_resolved="c", task_batching_resolved="vmap",
+        memory_source="host peak RSS",
+    )  # fmt: skip
+
+
+def test_implicit_rows_are_timed_against_torchopt(bench, tmp_path, monkeypatch):
+    """--torchopt_python: the implicit row gets TorchOpt's tasks/s and ratio, named as such."""
+    monkeypatch.setitem(bench._CHILD_TASKS, "measure", _fake_measure)
+    monkeypatch.setitem(bench._CHILD_TASKS, "peak", lambda spec: {"matmul_peak_gflop_s": 100.0})
+    calls = tmp_path / "calls.txt"
+    reference = (
+        '{"framework": "torchopt", "torchopt": "0.7.3", "learn2learn": "0.2.0", '
+        '"torch": "2.14.1", "threads": 3, "step_s": 0.5, "tasks_per_s": 4.0, "peak_rss_mb": 321.0}'
+    )
+    python = _fake_python(
+        tmp_path / "python",
+        f'echo "$@" >> {calls}\nif [ "$1" = "-c" ]; then exit 0; fi\necho \'{reference}\'\n',
+    )
+    rows = bench.main(["--smoke", "--l2l", "auto", "--orders", "first", "implicit", "--lam", "2",
+                       "--torchopt_python", python, "--out", str(tmp_path / "out")])  # fmt: skip
+    first, implicit = rows
+    assert "l2l_tasks_per_s" not in first and "reference" not in first  # no learn2learn here
+    assert implicit["reference"] == "torchopt"
+    assert implicit["l2l_tasks_per_s"] == 4.0  # meta-batch 2 / 0.5 s
+    assert implicit["l2l_peak_memory_mb"] == 321.0 and implicit["l2l_threads"] == 3
+    assert implicit["speedup_vs_l2l"] == 2.0  # 0.5 s TorchOpt / 0.25 s mmjax
+    assert implicit["l2l_versions"] == "learn2learn 0.2.0, torch 2.14.1, torchopt 0.7.3"
+    runs = [c for c in calls.read_text().splitlines() if not c.startswith("-c")]
+    assert len(runs) == 1 and runs[0].split()[0].endswith("benchmarks/torchopt_reference.py")
+    assert "--lam 2.0 --cg_steps 20" in runs[0] and "--inner_steps 1" in runs[0]
+    table = (tmp_path / "out" / "maml_orders.md").read_text()
+    assert "| reference | reference tasks/s | speed-up |" in table
+    assert "| TorchOpt | 4.0 | 2.00x |" in table
+    assert "| first | 1 | no |" in table and table.count("| - | - | - |") == 1
+    assert "implicit rows against TorchOpt's iMAML" in table
+
+
+def test_torchopt_python_without_torchopt_is_refused(bench, tmp_path):
+    python = _fake_python(tmp_path / "python", "exit 1\n")
+    message = f"--torchopt_python {python}: torch, learn2learn and torchopt must import"
+    with pytest.raises(ValueError, match=message):
+        bench.main(["--smoke", "--l2l", "auto", "--orders", "implicit", "--torchopt_python",
+                    python, "--out", str(tmp_path / "out")])  # fmt: skip
