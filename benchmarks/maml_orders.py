@@ -419,61 +419,62 @@ def _child_env() -> dict:
     return env
 
 
-def _in_child(task: str, spec: dict) -> dict:
-    out = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--child", task, json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        env=_child_env(),
-    )
+# A child measures one configuration; the slowest (second order, many inner steps, a
+# reference framework's per-task loop) take minutes, none should take hours.
+CHILD_TIMEOUT_S = 3 * 3600
+
+
+def _run_json(cmd: list[str], what: str, env: dict | None = None) -> dict:
+    """Runs ``cmd`` (at most ``CHILD_TIMEOUT_S``); returns the JSON of its last stdout line."""
+    try:
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, env=env, timeout=CHILD_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired as err:
+        raise RuntimeError(f"{what} did not finish within {CHILD_TIMEOUT_S} s: {cmd}") from err
     if out.returncode:
-        raise RuntimeError(f"{task} child failed for {spec}:\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"{what} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _in_child(task: str, spec: dict) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", task, json.dumps(spec)]
+    return _run_json(cmd, f"{task} child for {spec}", env=_child_env())
+
+
+_REFERENCE_FLAGS = (
+    "inner_steps", "ways", "shots", "queries", "meta_batch", "features", "image_size",
+    "repeats", "threads",
+)  # fmt: skip
+
+
+def _run_reference(python: str, script: str, what: str, spec: dict, required, optional) -> dict:
+    """One reference-script run (``script`` beside this file) on ``spec``'s shapes; its JSON."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), script)
+    flags = []
+    for name in required:
+        flags += [f"--{name}", str(spec[name])]
+    for name in optional:  # mini-ImageNet / ResNet-12 rows
+        if name in spec:
+            flags += [f"--{name}", str(spec[name])]
+    return _run_json([python, path, *flags], what)
 
 
 def _run_l2l(python: str, spec: dict) -> dict:
     if spec["order"] == "implicit":
         return _run_torchopt(python, spec)
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "l2l_reference.py")
-    flags = []
-    for name in (
-        "order",
-        "inner_steps",
-        "ways",
-        "shots",
-        "queries",
-        "meta_batch",
-        "features",
-        "image_size",
-        "repeats",
-        "threads",
-    ):
-        flags += [f"--{name}", str(spec[name])]
-    for name in ("dataset", "backbone", "inner_lr"):  # mini-ImageNet / ResNet-12 rows
-        if name in spec:
-            flags += [f"--{name}", str(spec[name])]
-    out = subprocess.run([python, script, *flags], capture_output=True, text=True)
-    if out.returncode:
-        raise RuntimeError(f"learn2learn reference failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _run_reference(
+        python, "l2l_reference.py", "learn2learn reference", spec,
+        ("order", *_REFERENCE_FLAGS), ("dataset", "backbone", "inner_lr"),
+    )  # fmt: skip
 
 
 def _run_torchopt(python: str, spec: dict) -> dict:
     """One ``torchopt_reference.py`` run (TorchOpt iMAML) on ``spec``'s shapes; its JSON line."""
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torchopt_reference.py")
-    flags = []
-    for name in (
-        "inner_steps", "ways", "shots", "queries", "meta_batch", "features", "image_size",
-        "repeats", "threads", "lam", "cg_steps",
-    ):  # fmt: skip
-        flags += [f"--{name}", str(spec[name])]
-    for name in ("dataset", "inner_lr"):
-        if name in spec:
-            flags += [f"--{name}", str(spec[name])]
-    out = subprocess.run([python, script, *flags], capture_output=True, text=True)
-    if out.returncode:
-        raise RuntimeError(f"TorchOpt reference failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _run_reference(
+        python, "torchopt_reference.py", "TorchOpt reference", spec,
+        (*_REFERENCE_FLAGS, "lam", "cg_steps"), ("dataset", "inner_lr"),
+    )  # fmt: skip
 
 
 def _has_torchopt(python: str) -> bool:
