@@ -68,6 +68,15 @@ def main() -> None:
         optimizer.step()
 
     meta_step()  # warm-up
+    print_timing(meta_step, args, torch, framework="learn2learn", learn2learn=l2l.__version__)
+
+
+def print_timing(meta_step, args, torch, **fields) -> None:
+    """Times ``args.repeats`` calls of ``meta_step`` (after the caller's warm-up) and prints
+    one JSON line: the arguments, ``fields``, the median step in s, tasks/s and peak RSS.
+
+    Shared with ``torchopt_reference.py``, so both references report the same way.
+    """
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
@@ -78,8 +87,7 @@ def main() -> None:
         json.dumps(
             dict(
                 vars(args),
-                framework="learn2learn",
-                learn2learn=l2l.__version__,
+                **fields,
                 torch=torch.__version__,
                 threads=torch.get_num_threads(),
                 step_s=round(median, 5),

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import statistics
-import time
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -167,6 +164,13 @@ def main() -> None:
     import torchopt
     from torch.func import functional_call
 
+    # The timing loop and JSON line are l2l_reference.py's (this folder is on sys.path when
+    # it runs as a script; the package path when it is imported).
+    try:
+        from l2l_reference import print_timing
+    except ImportError:
+        from benchmarks.l2l_reference import print_timing
+
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.self_check:
@@ -202,26 +206,13 @@ def main() -> None:
     meta_step()  # warm-up
     if not all(a is b for a, b in zip(parameters, model.parameters())):
         raise RuntimeError("functional_call did not restore the model's parameters")
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        meta_step()
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    print(
-        json.dumps(
-            dict(
-                vars(args),
-                framework="torchopt",
-                torchopt=torchopt.__version__,
-                learn2learn=l2l.__version__,
-                torch=torch.__version__,
-                threads=torch.get_num_threads(),
-                step_s=round(median, 5),
-                tasks_per_s=round(args.meta_batch / median, 2),
-                peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            )
-        )
+    print_timing(
+        meta_step,
+        args,
+        torch,
+        framework="torchopt",
+        torchopt=torchopt.__version__,
+        learn2learn=l2l.__version__,
     )
 
 

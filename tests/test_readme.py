@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import mmjax
+from tests.conftest import full_opt_env
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 README = os.path.join(ROOT, "README.md")
@@ -23,7 +24,14 @@ def test_api_example_runs_and_learns():
     section = _read(README).split("## The API in 20 lines", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert code.count("\n") <= 20
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    # 100 meta-steps: XLA's full optimisation pays for its compile time (tests/conftest.py).
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=full_opt_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     first, last = map(float, re.search(r"loss (\S+) -> (\S+)", out.stdout).groups())
     # Mean loss of the first and last 10 meta-batches: meta-training lowers it.

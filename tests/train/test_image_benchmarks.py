@@ -1,6 +1,5 @@
 """Image-benchmark configs: names, protocol values, and one finite meta-step per family."""
 
-import os
 import pickle
 
 import jax
@@ -79,16 +78,6 @@ FAMILIES = [
 ]
 
 
-@pytest.fixture
-def fast_compile():
-    """XLA without most optimisations: these steps run once, compiling is the cost."""
-    previous = os.environ.get("JAX_DISABLE_MOST_OPTIMIZATIONS", "") in ("1", "true", "True")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
-
-
-@pytest.mark.usefixtures("fast_compile")
 @pytest.mark.parametrize("name, extra", FAMILIES, ids=[n for n, _ in FAMILIES])
 def test_one_meta_step_is_finite(tmp_path, name, extra):
     _write_miniimagenet(tmp_path / "miniimagenet")

@@ -14,6 +14,7 @@ import pytest
 from mmjax import configs
 from mmjax.train import loop
 from mmjax.train.restore import evaluate_checkpoint, load_run
+from tests.conftest import full_optimisation
 
 TINY = [
     "model.features=16",
@@ -48,7 +49,8 @@ def learned_run(tmp_path_factory):
             "test_episodes=100",
         ],
     )
-    return workdir, loop.train(config, workdir, progress=False)
+    with full_optimisation():  # 150 meta-steps: the full optimisation pays (tests/conftest.py)
+        return workdir, loop.train(config, workdir, progress=False)
 
 
 @pytest.mark.slow
@@ -67,6 +69,7 @@ def test_short_run_on_real_omniglot_learns(learned_run):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("full_opt")  # compiled as the run's own evaluation was
 def test_evaluate_checkpoint_reproduces_final_test_accuracy(learned_run):
     workdir, results = learned_run
     again = evaluate_checkpoint(workdir, num_episodes=100)

@@ -1,6 +1,5 @@
 """MAML++ with per-step batch norm through its config: trains, checkpoints, restores, evaluates."""
 
-import os
 
 import jax
 import numpy as np
@@ -28,16 +27,6 @@ TINY = [
 ]
 
 
-@pytest.fixture
-def fast_compile():
-    """XLA without most optimisations: two meta-steps, so compiling is the cost."""
-    previous = os.environ.get("JAX_DISABLE_MOST_OPTIMIZATIONS", "") in ("1", "true", "True")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
-
-
-@pytest.mark.usefixtures("fast_compile")
 def test_per_step_bn_config_trains_restores_and_evaluates(tmp_path):
     assert configs.get_config("omniglot_mamlpp_5w1s").mamlpp.per_step_bn is False
     config = configs.apply_overrides(configs.get_config("omniglot_mamlpp_5w1s"), TINY)

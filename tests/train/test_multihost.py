@@ -47,7 +47,9 @@ def _free_port() -> int:
 
 def _env(cache, devices: int) -> dict:
     env = run_env(cache)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = (
+        f"--xla_force_host_platform_device_count={devices} --xla_cpu_use_fusion_emitters=false"
+    )
     env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"  # compiles in a fraction of the time
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return env

@@ -9,6 +9,7 @@ import pytest
 from mmjax import configs
 from mmjax.train import loop
 from mmjax.train.missing_modality import evaluate_missing_modality
+from tests.conftest import full_optimisation
 
 TINY_MM = [
     "model.features=16",
@@ -38,7 +39,8 @@ def mm_run(tmp_path_factory):
     config = tiny_mm_config(
         "num_steps=300", "modality_dropout=0.25", "optimizer.learning_rate=0.003"
     )
-    return workdir, loop.train(config, workdir, progress=False)
+    with full_optimisation():  # 300 meta-steps: the full optimisation pays (tests/conftest.py)
+        return workdir, loop.train(config, workdir, progress=False)
 
 
 def test_multimodal_run_with_dropout_lowers_the_loss(mm_run):
@@ -55,6 +57,7 @@ def test_multimodal_run_with_dropout_lowers_the_loss(mm_run):
     assert results["steps"] == 300
 
 
+@pytest.mark.usefixtures("full_opt")  # compiled as the run's own final test was
 def test_missing_modality_conditions_on_the_trained_run(mm_run):
     workdir, results = mm_run
     table = evaluate_missing_modality(workdir, num_episodes=40)
