@@ -45,7 +45,7 @@ def full_optimisation():
     """XLA's full optimisation inside the block, for code that runs many steps (see above)."""
     import jax
 
-    previous = jax.config.jax_disable_most_optimizations
+    previous = jax.config.values["jax_disable_most_optimizations"]
     jax.config.update("jax_disable_most_optimizations", False)
     try:
         yield
