@@ -1,7 +1,9 @@
 """Test configuration: 8 forced host devices, the shared data, a private cache, fast compiles."""
 
+import atexit
 import contextlib
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -26,16 +28,19 @@ os.environ.setdefault("MMJAX_CACHE_DIR", tempfile.mkdtemp(prefix="mmjax-test-cac
 # - JAX's persistent compilation cache is shared by the run's processes (both pytest-xdist
 #   workers and the subprocesses the CLI, notebook and multi-process tests start): the same
 #   program built by another test, or another process, is loaded instead of compiled.
-_LEGACY_FUSION = "--xla_cpu_use_fusion_emitters=false"
-if _LEGACY_FUSION not in os.environ["XLA_FLAGS"]:
-    os.environ["XLA_FLAGS"] += " " + _LEGACY_FUSION
+LEGACY_FUSION_FLAG = "--xla_cpu_use_fusion_emitters=false"
+FULL_OPT_ENV = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "0"}  # for a subprocess that trains long
+if LEGACY_FUSION_FLAG not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " " + LEGACY_FUSION_FLAG
 if os.environ.get("MMJAX_TEST_FULL_OPT") != "1":
     os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
-_RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))
-os.environ.setdefault(
-    "JAX_COMPILATION_CACHE_DIR",
-    os.path.join(tempfile.gettempdir(), f"mmjax-test-xla-cache-{_RUN_ID}"),
-)
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    # Set here in pytest's main process, which the xdist workers inherit it from; removed
+    # when that process exits.
+    _RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))
+    _XLA_CACHE = os.path.join(tempfile.gettempdir(), f"mmjax-test-xla-cache-{_RUN_ID}")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
+    atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
@@ -62,6 +67,4 @@ def full_opt():
 
 def full_opt_env(env: dict | None = None) -> dict:
     """``env`` (default: this process's) for a subprocess that trains for many steps."""
-    env = dict(os.environ if env is None else env)
-    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "0"
-    return env
+    return dict(os.environ if env is None else env, **FULL_OPT_ENV)

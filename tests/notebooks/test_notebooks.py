@@ -20,9 +20,12 @@ import json
 import os
 import sys
 from typing import Iterator
+from unittest import mock
 
 import numpy as np
 import pytest
+
+from tests.conftest import FULL_OPT_ENV
 
 nbformat = pytest.importorskip("nbformat")
 papermill = pytest.importorskip("papermill")
@@ -89,10 +92,7 @@ def execute(
     committed = os.path.join(NOTEBOOKS, f"{name}.ipynb")
     with open(committed, "rb") as f:
         stored = f.read()
-    previous = os.environ.get("JAX_DISABLE_MOST_OPTIMIZATIONS")
-    if full_opt:
-        os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "0"  # the kernel inherits it
-    try:
+    with mock.patch.dict(os.environ, FULL_OPT_ENV if full_opt else {}):
         papermill.execute_notebook(
             committed,
             str(out),
@@ -102,11 +102,6 @@ def execute(
             progress_bar=False,
             execution_timeout=600,
         )
-    finally:
-        if previous is None:
-            os.environ.pop("JAX_DISABLE_MOST_OPTIMIZATIONS", None)
-        else:
-            os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = previous
     with open(committed, "rb") as f:  # the smoke run wrote to tmp_path only
         assert f.read() == stored, f"{committed} was overwritten by a smoke run"
     with open(results_path) as f:

@@ -1,6 +1,5 @@
 """MAML++ with per-step batch norm through its config: trains, checkpoints, restores, evaluates."""
 
-
 import jax
 import numpy as np
 import pytest

@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mmjax.train.logging import read_metrics
+from tests.conftest import LEGACY_FUSION_FLAG
 from tests.train.conftest import TINY_RUN, run_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -47,9 +48,7 @@ def _free_port() -> int:
 
 def _env(cache, devices: int) -> dict:
     env = run_env(cache)
-    env["XLA_FLAGS"] = (
-        f"--xla_force_host_platform_device_count={devices} --xla_cpu_use_fusion_emitters=false"
-    )
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {LEGACY_FUSION_FLAG}"
     env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"  # compiles in a fraction of the time
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return env
